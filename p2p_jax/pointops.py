@@ -198,17 +198,20 @@ def ball_query(points: jax.Array,
   mask = _check_mask(mask, points)
   num = points.shape[1]
   points_t = points.swapaxes(1, 2)
-  targets = jnp.arange(1, nsample + 1, dtype=jnp.int32)
+  position = jnp.arange(num, dtype=jnp.float32)  # exact for N < 2^24
 
   def one_chunk(c):
     inside = (_sq_dist(c, points_t) <= radius * radius) & mask[:, None, :]
-    rank = jnp.cumsum(inside, axis=-1, dtype=jnp.int32)  # [B, C, N], non-decreasing
-    # The j-th point inside is the first position where the running count reaches j.
-    find = lambda r: jnp.searchsorted(r, targets, side="left", method="scan")
-    idx = jax.vmap(jax.vmap(find))(rank).astype(jnp.int32)
-    found = targets <= rank[..., -1:]
-    first = jnp.where(found[..., :1], idx[..., :1], 0)
-    return jnp.where(found, idx, first), found
+    # The first nsample points inside, in index order, are the nsample smallest positions
+    # among those inside (everything outside is +inf).
+    first_positions, idx = _smallest_k(jnp.where(inside, position, jnp.inf), min(nsample, num))
+    found = jnp.isfinite(first_positions)
+    idx = jnp.where(found, idx, jnp.where(found[..., :1], idx[..., :1], 0)).astype(jnp.int32)
+    if nsample > num:  # fewer points than nsample: pad with the first neighbour
+      pad = nsample - num
+      idx = jnp.concatenate([idx, jnp.repeat(idx[..., :1], pad, axis=-1)], axis=-1)
+      found = jnp.concatenate([found, jnp.zeros(found.shape[:-1] + (pad,), bool)], axis=-1)
+    return idx, found
 
   return _chunked(one_chunk, centers, num, chunk_size)
 
@@ -279,7 +282,9 @@ def interpolate(target_points: jax.Array,
   found = jnp.isfinite(sq_dist)
   recip = jnp.where(found, 1.0 / (jnp.sqrt(jnp.where(found, sq_dist, 0.0)) + eps), 0.0)
   weight = recip / jnp.maximum(jnp.sum(recip, axis=-1, keepdims=True), 1e-30)
-  return jnp.sum(gather_points(source_features, idx) * weight[..., None], axis=-2)
+  # One gather per neighbour: XLA on CPU handles [B, N, C] gathers far better than [B, N, k, C].
+  return sum(gather_points(source_features, idx[..., j]) * weight[..., j, None]
+             for j in range(idx.shape[-1]))
 
 
 def _segment(op, data, segment_ids, num_segments, mask):
