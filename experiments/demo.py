@@ -129,13 +129,16 @@ def make_step(optimizer, teacher, num_points, num_pairs):
       where = flat(sample.pair_mask)
       per_pair = losses.pixel_to_point_info_nce(flat(point_feats), flat(pixel_feats),
                                                 temperature=0.1, where=where, axis_name="batch")
-      total = jax.lax.psum(jnp.sum(where), "batch")
       metrics = losses.contrastive_metrics(flat(point_feats), flat(pixel_feats), where=where,
                                            axis_name="batch")
-      accuracy = jax.lax.psum(jnp.sum(metrics["correct"]), "batch") / total
-      return jax.lax.psum(jnp.sum(per_pair), "batch") / total, accuracy
+      total = jnp.maximum(jax.lax.psum(jnp.sum(where), "batch"), 1)
+      # This device's share of the global mean; the shares sum to the loss over all pairs.
+      return jnp.sum(per_pair) / total, jnp.sum(metrics["correct"]) / total
 
     (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    # The gradient of the global loss is the sum of the shares' gradients (the all_gather of
+    # negatives already routes each pair's gradient back to the device that owns it).
+    grads, loss, accuracy = jax.lax.psum((grads, loss, accuracy), "batch")
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss, accuracy
 
@@ -177,6 +180,10 @@ def main(argv=None):
       print(f"step {i:3d}  loss {history[-1][0]:.3f}  pair top-1 {history[-1][1]:.1%}")
   elapsed = time.perf_counter() - start
   print(f"{args.steps} steps on {devices} device(s) in {elapsed:.1f}s")
+  drift = max(float(jnp.max(jnp.abs(x - x[:1]))) for x in jax.tree.leaves(params))
+  if drift > 1e-5:
+    print(f"FAILED: parameter replicas differ across devices by {drift:.2e}")
+    return 1
   first = np.mean([h[0] for h in history[:5]])
   last = np.mean([h[0] for h in history[-5:]])
   if not last < first:

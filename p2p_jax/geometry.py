@@ -16,6 +16,12 @@ import jax.numpy as jnp
 from jax import lax
 
 
+def _as_float(x) -> jax.Array:
+  """float32, or float64 for float64 inputs (with jax_enable_x64), so gradients can be checked."""
+  x = jnp.asarray(x)
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def _check_matrix(name: str, x: jax.Array, rows: int, cols: int) -> None:
   if x.ndim < 2 or x.shape[-2:] != (rows, cols):
     raise ValueError(f"{name} must have shape [..., {rows}, {cols}], got {x.shape}")
@@ -46,8 +52,8 @@ def transform_points(transform: jax.Array, points: jax.Array) -> jax.Array:
   Returns:
     [*batch, *items, 3] float32: R p + t.
   """
-  transform = jnp.asarray(transform, jnp.float32)
-  points = jnp.asarray(points, jnp.float32)
+  transform = _as_float(transform)
+  points = _as_float(points)
   if transform.ndim < 2 or transform.shape[-1] != 4 or transform.shape[-2] not in (3, 4):
     raise ValueError(f"transform must have shape [..., 4, 4] or [..., 3, 4], got {transform.shape}")
   if points.shape[-1:] != (3,):
@@ -60,17 +66,17 @@ def transform_points(transform: jax.Array, points: jax.Array) -> jax.Array:
 
 def rigid_transform(rotation: jax.Array, translation: jax.Array) -> jax.Array:
   """Builds [*batch, 4, 4] rigid transforms from rotations [*batch, 3, 3] and translations [*batch, 3]."""
-  rotation = jnp.asarray(rotation, jnp.float32)
-  translation = jnp.asarray(translation, jnp.float32)
+  rotation = _as_float(rotation)
+  translation = _as_float(translation)
   _check_matrix("rotation", rotation, 3, 3)
   top = jnp.concatenate([rotation, translation[..., :, None]], axis=-1)
-  bottom = jnp.broadcast_to(jnp.array([0.0, 0.0, 0.0, 1.0], jnp.float32), top.shape[:-2] + (1, 4))
+  bottom = jnp.broadcast_to(jnp.array([0.0, 0.0, 0.0, 1.0], top.dtype), top.shape[:-2] + (1, 4))
   return jnp.concatenate([top, bottom], axis=-2)
 
 
 def invert_rigid(transform: jax.Array) -> jax.Array:
   """Inverts rigid transforms [*batch, 4, 4] exactly (R^T, -R^T t), without a general inverse."""
-  transform = jnp.asarray(transform, jnp.float32)
+  transform = _as_float(transform)
   _check_matrix("transform", transform, 4, 4)
   rot_t = jnp.swapaxes(transform[..., :3, :3], -1, -2)
   t = transform[..., :3, 3]
@@ -80,7 +86,7 @@ def invert_rigid(transform: jax.Array) -> jax.Array:
 
 def rotation_about_z(angle: jax.Array) -> jax.Array:
   """Rotations [*batch, 3, 3] about the z axis (gravity in ScanNet's world frame), radians."""
-  angle = jnp.asarray(angle, jnp.float32)
+  angle = _as_float(angle)
   c, s = jnp.cos(angle), jnp.sin(angle)
   zero, one = jnp.zeros_like(angle), jnp.ones_like(angle)
   return jnp.stack([
@@ -115,25 +121,25 @@ def back_project(depth: jax.Array,
     valid: [*batch, H, W] bool; False for depth 0, NaN, inf or outside [min_depth, max_depth].
   """
   depth = jnp.asarray(depth)
-  intrinsics = jnp.asarray(intrinsics, jnp.float32)
+  intrinsics = _as_float(intrinsics)
   if depth.ndim < 2:
     raise ValueError(f"depth must have shape [..., H, W], got {depth.shape}")
   _check_matrix("intrinsics", intrinsics, 3, 3)
   height, width = depth.shape[-2:]
-  z = depth.astype(jnp.float32) / jnp.float32(depth_scale)
+  z = _as_float(depth) / depth_scale
   valid = jnp.isfinite(z) & (z >= min_depth) & (z <= max_depth)
   z = jnp.where(valid, z, 0.0)
 
   k = intrinsics[..., None, None, :, :]
   fx, skew, cx = k[..., 0, 0], k[..., 0, 1], k[..., 0, 2]
   fy, cy = k[..., 1, 1], k[..., 1, 2]
-  v = lax.broadcasted_iota(jnp.float32, (height, width), 0)
-  u = lax.broadcasted_iota(jnp.float32, (height, width), 1)
+  v = lax.broadcasted_iota(z.dtype, (height, width), 0)
+  u = lax.broadcasted_iota(z.dtype, (height, width), 1)
   y_over_z = (v - cy) / fy
   x_over_z = (u - cx - skew * y_over_z) / fx
   points = jnp.stack([x_over_z * z, y_over_z * z, z], axis=-1)
   if cam_to_world is not None:
-    cam_to_world = jnp.asarray(cam_to_world, jnp.float32)
+    cam_to_world = _as_float(cam_to_world)
     _check_matrix("cam_to_world", cam_to_world, 4, 4)
     points = transform_points(cam_to_world, points)
   return jnp.where(valid[..., None], points, 0.0), valid
@@ -160,8 +166,8 @@ def project(points: jax.Array,
     in_frame: [*batch, *items] bool: in front of the camera and inside the pixel area
       rows [-0.5, H - 0.5), cols [-0.5, W - 0.5), so rounding gives a valid pixel index.
   """
-  points = jnp.asarray(points, jnp.float32)
-  intrinsics = jnp.asarray(intrinsics, jnp.float32)
+  points = _as_float(points)
+  intrinsics = _as_float(intrinsics)
   _check_matrix("intrinsics", intrinsics, 3, 3)
   if points.shape[-1:] != (3,):
     raise ValueError(f"points must have shape [..., 3], got {points.shape}")
@@ -194,7 +200,7 @@ def resize_intrinsics(intrinsics: jax.Array, src_hw: tuple[int, int],
   Returns:
     [*batch, 3, 3] float32.
   """
-  intrinsics = jnp.asarray(intrinsics, jnp.float32)
+  intrinsics = _as_float(intrinsics)
   _check_matrix("intrinsics", intrinsics, 3, 3)
   sy = dst_hw[0] / src_hw[0]
   sx = dst_hw[1] / src_hw[1]
@@ -216,10 +222,10 @@ def crop_intrinsics(intrinsics: jax.Array, top: jax.Array, left: jax.Array) -> j
   Returns:
     [*batch, 3, 3] float32 with cx - left and cy - top.
   """
-  intrinsics = jnp.asarray(intrinsics, jnp.float32)
+  intrinsics = _as_float(intrinsics)
   _check_matrix("intrinsics", intrinsics, 3, 3)
-  intrinsics = intrinsics.at[..., 0, 2].add(-jnp.asarray(left, jnp.float32))
-  return intrinsics.at[..., 1, 2].add(-jnp.asarray(top, jnp.float32))
+  intrinsics = intrinsics.at[..., 0, 2].add(-_as_float(left))
+  return intrinsics.at[..., 1, 2].add(-_as_float(top))
 
 
 def gather_pixels(image: jax.Array, pixels: jax.Array) -> jax.Array:
@@ -351,7 +357,7 @@ def voxelize(points: jax.Array, voxel_size: float, capacity: int,
   Returns:
     A `Voxelization` whose fields carry the same leading batch axes.
   """
-  points = jnp.asarray(points, jnp.float32)
+  points = _as_float(points)
   if points.ndim < 2 or points.shape[-1] != 3:
     raise ValueError(f"points must have shape [..., N, 3], got {points.shape}")
   if mask is None:

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.test_util import check_grads
 
 from p2p_jax import geometry
 
@@ -274,3 +275,20 @@ def test_voxelize_negative_coordinates_floor():
   vox = geometry.voxelize(points, 1.0, 4)
   np.testing.assert_array_equal(vox.coords[:2], [[-1, -1, 0], [-1, 0, 0]])
   np.testing.assert_array_equal(vox.inverse, [1, 0, 2])
+
+
+def test_gradients_through_back_projection_and_projection_float64():
+  rng = np.random.default_rng(8)
+  depth = rng.uniform(0.5, 4.0, size=(2, 5, 6))
+  depth[0, 0, 0] = 0.0  # an invalid pixel contributes a zero, finite gradient
+  k = random_intrinsics(rng, (2,)).astype(np.float64)
+  pose = random_pose(rng, (2,)).astype(np.float64)
+  with jax.enable_x64(True):
+    back = lambda d, p: geometry.back_project(d, k, p, depth_scale=1.0)[0]
+    assert back(depth, pose).dtype == jnp.float64
+    check_grads(back, (jnp.asarray(depth), jnp.asarray(pose)), order=1,
+                              modes=["fwd", "rev"], atol=1e-6, rtol=1e-6)
+    pts = jnp.asarray(rng.uniform([-1, -1, 2], [1, 1, 4], size=(2, 7, 3)))
+    proj = lambda x, p: geometry.project(x, k, p, (240, 320))[0]
+    check_grads(proj, (pts, jnp.asarray(np.linalg.inv(pose))), order=1,
+                              modes=["fwd", "rev"], atol=1e-5, rtol=1e-5)

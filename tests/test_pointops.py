@@ -226,3 +226,28 @@ def test_ops_reject_unbatched_points():
     pointops.knn(np.zeros((10, 3)), np.zeros((10, 3)), 2)
   with pytest.raises(ValueError, match="mask shape"):
     pointops.farthest_point_sample(np.zeros((1, 10, 3)), 2, mask=np.ones((1, 9), bool))
+
+
+def test_ops_under_pmap_and_vmap_equal_direct_calls():
+  devices = jax.device_count()
+  rng = np.random.default_rng(8)
+  points = cloud(rng, 2 * devices, 256)
+  mask = rng.uniform(size=(2 * devices, 256)) < 0.8
+  feats = rng.normal(size=(2 * devices, 256, 4)).astype(np.float32)
+
+  def level(points, mask, feats):
+    idx, sample_mask = pointops.farthest_point_sample(points, 32, mask=mask)
+    centers = pointops.gather_points(points, idx)
+    nbr, nbr_mask = pointops.ball_query(points, centers, 0.5, 8, mask=mask)
+    pooled = pointops.masked_max(pointops.group(points, centers, nbr, feats), nbr_mask[..., None],
+                                 axis=2)
+    up = pointops.interpolate(points, centers, pooled, source_mask=sample_mask)
+    return idx, nbr, up
+
+  direct = level(points, mask, feats)
+  shard = lambda x: x.reshape((devices, 2) + x.shape[1:])
+  unshard = lambda x: np.asarray(x).reshape((2 * devices,) + x.shape[2:])
+  for run in (jax.pmap(level), jax.vmap(level)):
+    out = run(shard(points), shard(mask), shard(feats))
+    for a, b in zip(direct, out):
+      np.testing.assert_allclose(unshard(b), a, rtol=1e-5, atol=1e-6)
