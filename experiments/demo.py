@@ -107,7 +107,7 @@ def student(params, points, point_mask):
   per_point = jax.nn.relu(apply(params["point"],
                                 jnp.concatenate([per_point, points / ROOM], axis=-1)))
   feats = apply(params["head"], per_point)
-  return feats / jnp.linalg.norm(feats, axis=-1, keepdims=True).clip(1e-6)
+  return losses.l2_normalize(feats)
 
 
 def make_step(optimizer, teacher, num_points, num_pairs):
@@ -159,7 +159,7 @@ def main(argv=None):
         f" {np.mean(depth > 0):.1%} of pixels have depth")
 
   teacher = jax.random.normal(jax.random.key(args.seed), (NUM_LABELS, 32))
-  teacher = teacher / jnp.linalg.norm(teacher, axis=-1, keepdims=True)
+  teacher = losses.l2_normalize(teacher)
   optimizer = optax.adam(3e-3)
   params = init_student(jax.random.key(args.seed + 1))
   opt_state = optimizer.init(params)

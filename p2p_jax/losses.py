@@ -25,6 +25,16 @@ _BLOCK_ELEMENTS = 1 << 21
 _MASKED = -1e30
 
 
+def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
+  """x / max(||x||, eps) along `axis`, with finite gradients at x = 0.
+
+  The square root is never taken of 0 (the sum of squares is clamped first), so padding
+  rows of zeros give zero gradients instead of NaN.
+  """
+  sq = jnp.sum(x * x, axis=axis, keepdims=True)
+  return x * lax.rsqrt(jnp.maximum(sq, eps * eps))
+
+
 def _dot_nt(a, b, precision):
   """a [R, C] . b [M, C]^T -> [R, M]."""
   return lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=precision)

@@ -54,6 +54,17 @@ def _sq_dist(queries: jax.Array, points_t: jax.Array) -> jax.Array:
   return sum((queries[:, :, i, None] - points_t[:, i, None, :]) ** 2 for i in range(3))
 
 
+def _top_k_rows(values: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+  """`lax.top_k` over the last axis, on a 2-D view.
+
+  XLA:CPU turns top_k into its fast TopK kernel only for rank <= 2 operands; on rank 3 it
+  falls back to a full sort of every row (20x slower for 4096-wide rows).
+  """
+  lead = values.shape[:-1]
+  top, idx = lax.top_k(values.reshape(-1, values.shape[-1]), k)
+  return top.reshape(lead + (k,)), idx.reshape(lead + (k,))
+
+
 def _smallest_k(values: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
   """The k smallest entries of each row [..., N], ascending, ties by lower index.
 
@@ -65,7 +76,7 @@ def _smallest_k(values: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
   n = values.shape[-1]
   block = _TOPK_BLOCK
   if n <= 4 * k * block:
-    neg, idx = lax.top_k(-values, k)
+    neg, idx = _top_k_rows(-values, k)
     return -neg, idx
   num_blocks = -(-n // block)
   pad = num_blocks * block - n
@@ -73,10 +84,10 @@ def _smallest_k(values: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     values = jnp.pad(values, [(0, 0)] * (values.ndim - 1) + [(0, pad)],
                      constant_values=jnp.inf)
   blocks = values.reshape(values.shape[:-1] + (num_blocks, block))
-  _, chosen = lax.top_k(-jnp.min(blocks, axis=-1), k)
+  _, chosen = _top_k_rows(-jnp.min(blocks, axis=-1), k)
   chosen = jnp.sort(chosen, axis=-1)  # candidates in index order keep ties by lower index
   cand = jnp.take_along_axis(blocks, chosen[..., None], axis=-2)
-  neg, pos = lax.top_k(-cand.reshape(cand.shape[:-2] + (k * block,)), k)
+  neg, pos = _top_k_rows(-cand.reshape(cand.shape[:-2] + (k * block,)), k)
   idx = jnp.take_along_axis(chosen, pos // block, axis=-1) * block + pos % block
   return -neg, idx
 

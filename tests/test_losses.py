@@ -234,3 +234,12 @@ def test_importing_losses_pulls_in_nothing_heavy():
           "print(sorted(heavy & set(sys.modules)))")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_l2_normalize_matches_torch_semantics_with_finite_gradients_at_zero():
+  x = np.array([[3.0, 4.0], [0.0, 0.0], [1e-20, 0.0]], np.float32)
+  np.testing.assert_allclose(losses.l2_normalize(x), [[0.6, 0.8], [0, 0], [1e-8, 0]], rtol=1e-6)
+  grad = jax.grad(lambda x: jnp.sum(losses.l2_normalize(x) * np.array([1.0, 2.0])))(x)
+  assert np.all(np.isfinite(grad))
+  # (I - u u^T) w / |x| with u = (0.6, 0.8), w = (1, 2), |x| = 5.
+  np.testing.assert_allclose(grad[0], [-0.064, 0.048], rtol=1e-5)
