@@ -19,6 +19,7 @@ import flax.linen as nn
 
 from p2p_jax import pointops
 from p2p_jax.losses import l2_normalize
+from p2p_jax.models.layers import MaskedBatchNorm
 
 
 class SALevel(NamedTuple):
@@ -41,12 +42,9 @@ class SharedMLP(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool) -> jax.Array:
-    mask = mask[..., None]
     for width in self.widths:
       x = nn.Dense(width, use_bias=False)(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                       axis_name=self.bn_axis_name)(x, mask=mask)
-      x = nn.relu(x)
+      x = MaskedBatchNorm(relu=True, axis_name=self.bn_axis_name)(x, mask, train=train)
     return x
 
 
