@@ -24,6 +24,7 @@ demo: install
 
 bench: install
 	$(PY) -m experiments.benchmark_ops
+	$(PY) -m experiments.benchmark_models
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -3,34 +3,18 @@
     python -m experiments.benchmark_ops [--repeats 20]
 
 Each operation is jitted, compiled and run once before timing; the median over `--repeats`
-runs is reported with its throughput, GB/s of the arrays read and written, or GFLOP/s as
-counted by XLA's cost analysis against the measured peak of a large float32 matmul. The
-targets are those of the project's 2-core CPU reference machine.
+runs is reported with its throughput where one is meaningful: GB/s of the arrays read and
+written for memory-bound operations, or GFLOP/s of the loss's matmuls against the measured
+peak of a large float32 matmul. The targets are those of the 2-core CPU reference machine.
 """
 
 import argparse
-import os
-import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from experiments.benchmarking import matmul_peak_gflops, median_ms, nbytes, print_table
 from p2p_jax import geometry, losses, pointops
-
-
-def median_ms(fn, args, repeats):
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return 1e3 * float(np.median(times))
-
-
-def nbytes(tree):
-  return sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
 def room_cloud(rng, num):
@@ -65,10 +49,7 @@ def main(argv=None):
     target = "" if target_ms is None else f"{target_ms:g} ms"
     rows.append((name, f"{ms:9.2f}", rate, target, verdict))
 
-  # Peak: a 2048^3 float32 matmul.
-  a = jnp.asarray(rng.normal(size=(2048, 2048)), jnp.float32)
-  matmul = jax.jit(lambda x: x @ x)
-  peak = 2 * 2048**3 / median_ms(matmul, (a,), args.repeats) / 1e6
+  peak = matmul_peak_gflops(args.repeats)
   rows.append(("matmul 2048^3 float32 (peak)", "", f"{peak:7.1f} GFLOP/s", "", ""))
 
   depth = rng.integers(0, 8000, size=(480, 640)).astype(np.uint16)
@@ -103,15 +84,7 @@ def main(argv=None):
   run("pixel_to_point_info_nce fwd+bwd K=4096 C=128",
       jax.value_and_grad(loss, (0, 1)), (a, b), 30.0, work=3 * logit_flops)
 
-  print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, "
-        f"{os.cpu_count()} CPU threads visible; median of {args.repeats} runs")
-  header = ("operation", "ms", "throughput", "target", "")
-  widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(5)]
-  fmt = "| " + " | ".join(f"{{:{w}}}" for w in widths) + " |"
-  print(fmt.format(*header))
-  print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-  for r in rows:
-    print(fmt.format(*r))
+  print_table(rows, args.repeats)
   print(f"Loss fwd+bwd needs at least 3 x {logit_flops / 1e9:.2f} GFLOP of matmul (logits, "
         f"d anchors, d positives): {3 * logit_flops / peak / 1e6:.1f} ms at the measured peak. "
         "The blockwise backward recomputes the logits (a 4th matmul) to keep memory O(K C).")
