@@ -1,0 +1,1 @@
+"""Dataset builders (TFDS conventions, one folder each) and offline data preparation."""

@@ -1,0 +1,310 @@
+"""The ScanNet export layout on disk: readers and writers shared by real and synthetic data.
+
+A scene directory, as ScanNet's SensReader writes it with a frame skip, plus the meshes:
+
+    scans/<scene>/
+      color/<f>.jpg                  RGB, usually 1296x968
+      depth/<f>.png                  uint16 millimetres, usually 640x480
+      pose/<f>.txt                   4x4 camera-to-world; -inf or NaN where tracking was lost
+      intrinsic/intrinsic_color.txt  4x4, the upper-left 3x3 is the pinhole matrix
+      intrinsic/intrinsic_depth.txt
+      intrinsic/extrinsic_color.txt  4x4 (optional, identity if absent)
+      intrinsic/extrinsic_depth.txt
+      label-filt/<f>.png             optional 2D labels: raw ScanNet category ids (uint16),
+                                     mapped to NYU40 by scannetv2-labels.combined.tsv
+      instance-filt/<f>.png          optional 2D instance ids (uint16)
+      <scene>_vh_clean_2.ply         mesh vertices with colours
+      <scene>_vh_clean_2.labels.ply  the same vertices with an NYU40 `label` property
+
+`<f>` is the absolute frame index. Per-frame problems raise `FrameError` with the offending
+file and a short reason, so a builder can skip the frame and count it; problems that make a
+whole scene unusable (a malformed intrinsics file) raise `ValueError` naming the file.
+"""
+
+import csv
+import os
+from typing import NamedTuple
+
+import numpy as np
+import plyfile
+from PIL import Image
+
+# Reasons a frame is skipped; builders report counts under these names.
+MISSING_FILE = "missing file"
+CORRUPT_IMAGE = "corrupt or truncated image"
+BAD_POSE = "non-finite or malformed pose"
+EMPTY_DEPTH = "all-zero depth"
+
+MESH_SUFFIX = "_vh_clean_2.ply"
+LABELS_SUFFIX = "_vh_clean_2.labels.ply"
+LABEL_MAP_FILE = "scannetv2-labels.combined.tsv"
+
+
+class FrameError(Exception):
+  """A frame that cannot be used: `reason` is one of the constants above, `path` the file."""
+
+  def __init__(self, reason: str, path: str, detail: str = ""):
+    super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
+    self.reason = reason
+    self.path = path
+
+
+class Intrinsics(NamedTuple):
+  """Camera parameters of a scene: 3x3 pinhole matrices and 4x4 sensor extrinsics."""
+  color: np.ndarray
+  depth: np.ndarray
+  color_extrinsic: np.ndarray
+  depth_extrinsic: np.ndarray
+
+
+def _frame_path(scene_dir: str, folder: str, frame: int, suffix: str) -> str:
+  return os.path.join(scene_dir, folder, f"{frame}{suffix}")
+
+
+def read_matrix(path: str) -> np.ndarray:
+  """Reads a 4x4 whitespace-separated matrix; ValueError naming the file if it is not one."""
+  try:
+    matrix = np.loadtxt(path, dtype=np.float64, ndmin=2)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{path}: not a readable 4x4 matrix ({e})") from e
+  if matrix.shape != (4, 4):
+    raise ValueError(f"{path}: expected a 4x4 matrix, found shape {matrix.shape}")
+  return matrix
+
+
+def read_intrinsics(scene_dir: str) -> Intrinsics:
+  """Reads intrinsic/ of a scene.
+
+  Raises:
+    ValueError: naming the file, if an intrinsics file is missing or malformed, or its
+      pinhole matrix is not finite with positive focal lengths and last row (0, 0, 1).
+  """
+  folder = os.path.join(scene_dir, "intrinsic")
+  mats = {}
+  for name in ("intrinsic_color", "intrinsic_depth"):
+    path = os.path.join(folder, f"{name}.txt")
+    if not os.path.isfile(path):
+      raise ValueError(f"{path}: missing intrinsics file")
+    k = read_matrix(path)[:3, :3]
+    if not (np.all(np.isfinite(k)) and k[0, 0] > 0 and k[1, 1] > 0
+            and np.allclose(k[2], [0, 0, 1])):
+      raise ValueError(f"{path}: not a pinhole matrix [[fx, s, cx], [0, fy, cy], [0, 0, 1]] "
+                       f"with fx, fy > 0: {k.tolist()}")
+    mats[name] = k.astype(np.float32)
+  extrinsics = {}
+  for name in ("extrinsic_color", "extrinsic_depth"):
+    path = os.path.join(folder, f"{name}.txt")
+    extrinsics[name] = read_matrix(path).astype(np.float32) if os.path.isfile(path) else np.eye(
+        4, dtype=np.float32)
+  return Intrinsics(mats["intrinsic_color"], mats["intrinsic_depth"],
+                    extrinsics["extrinsic_color"], extrinsics["extrinsic_depth"])
+
+
+def frame_ids(scene_dir: str) -> list[int]:
+  """Frame indices present in color/, depth/ or pose/ (the union, so a frame missing one
+  file is still listed and reported by `read_frame` instead of vanishing)."""
+  ids = set()
+  for folder in ("color", "depth", "pose"):
+    path = os.path.join(scene_dir, folder)
+    if os.path.isdir(path):
+      ids.update(int(os.path.splitext(f)[0]) for f in os.listdir(path)
+                 if os.path.splitext(f)[0].isdigit())
+  return sorted(ids)
+
+
+def _open_image(path: str) -> Image.Image:
+  if not os.path.isfile(path):
+    raise FrameError(MISSING_FILE, path)
+  try:
+    image = Image.open(path)
+    image.load()  # decodes now: truncated files raise here
+  except (OSError, SyntaxError, ValueError) as e:
+    raise FrameError(CORRUPT_IMAGE, path, str(e)) from e
+  return image
+
+
+def read_color(path: str) -> np.ndarray:
+  """RGB image as uint8 [H, W, 3]."""
+  return np.asarray(_open_image(path).convert("RGB"))
+
+
+def read_uint16_png(path: str) -> np.ndarray:
+  """A 16-bit PNG (depth in millimetres, label or instance ids) as uint16 [H, W]."""
+  image = _open_image(path)
+  array = np.asarray(image)
+  if array.ndim != 2 or image.mode not in ("I;16", "I", "L"):
+    raise FrameError(CORRUPT_IMAGE, path, f"expected a single-channel 16-bit PNG, got mode "
+                     f"{image.mode} with shape {array.shape}")
+  return array.astype(np.uint16)
+
+
+def read_pose(path: str) -> np.ndarray:
+  """Camera-to-world [4, 4] float32; FrameError for missing, malformed or non-finite poses."""
+  if not os.path.isfile(path):
+    raise FrameError(MISSING_FILE, path)
+  try:
+    pose = read_matrix(path)
+  except ValueError as e:
+    raise FrameError(BAD_POSE, path, str(e)) from e
+  if not np.all(np.isfinite(pose)):
+    raise FrameError(BAD_POSE, path, "contains inf or NaN (tracking lost)")
+  return pose.astype(np.float32)
+
+
+def read_frame(scene_dir: str, frame: int, *, labels: bool = False) -> dict[str, np.ndarray]:
+  """Reads one frame at the files' own resolutions.
+
+  Returns:
+    {"color": uint8 [Hc, Wc, 3], "depth": uint16 [H, W], "cam_to_world": float32 [4, 4]},
+    plus "label" and "instance" (uint16 [H', W'], raw ids) when `labels`.
+
+  Raises:
+    FrameError: a missing, corrupt or truncated file, a non-finite pose, all-zero depth.
+  """
+  out = {
+      "cam_to_world": read_pose(_frame_path(scene_dir, "pose", frame, ".txt")),
+      "depth": read_uint16_png(_frame_path(scene_dir, "depth", frame, ".png")),
+      "color": read_color(_frame_path(scene_dir, "color", frame, ".jpg")),
+  }
+  if not np.any(out["depth"]):
+    raise FrameError(EMPTY_DEPTH, _frame_path(scene_dir, "depth", frame, ".png"))
+  if labels:
+    out["label"] = read_uint16_png(_frame_path(scene_dir, "label-filt", frame, ".png"))
+    out["instance"] = read_uint16_png(_frame_path(scene_dir, "instance-filt", frame, ".png"))
+  return out
+
+
+def _write_matrix(path: str, matrix: np.ndarray) -> None:
+  np.savetxt(path, np.asarray(matrix, np.float64).reshape(4, 4), fmt="%.9g")
+
+
+def _write_uint16_png(path: str, array: np.ndarray) -> None:
+  array = np.asarray(array)
+  if array.min(initial=0) < 0 or array.max(initial=0) > 65535:
+    raise ValueError(f"{path}: values outside the uint16 range")
+  Image.fromarray(array.astype(np.uint16)).save(path)
+
+
+def write_intrinsics(scene_dir: str, color: np.ndarray, depth: np.ndarray,
+                     color_extrinsic: np.ndarray | None = None,
+                     depth_extrinsic: np.ndarray | None = None) -> None:
+  """Writes intrinsic/ with 3x3 pinhole matrices padded to ScanNet's 4x4 files."""
+  folder = os.path.join(scene_dir, "intrinsic")
+  os.makedirs(folder, exist_ok=True)
+  for name, k in (("intrinsic_color", color), ("intrinsic_depth", depth)):
+    full = np.eye(4)
+    full[:3, :3] = k
+    _write_matrix(os.path.join(folder, f"{name}.txt"), full)
+  for name, e in (("extrinsic_color", color_extrinsic), ("extrinsic_depth", depth_extrinsic)):
+    _write_matrix(os.path.join(folder, f"{name}.txt"), np.eye(4) if e is None else e)
+
+
+def write_frame(scene_dir: str, frame: int, *, color: np.ndarray, depth: np.ndarray,
+                cam_to_world: np.ndarray, label: np.ndarray | None = None,
+                instance: np.ndarray | None = None, jpeg_quality: int = 95) -> None:
+  """Writes one frame in the layout above (colour as JPEG, the rest as 16-bit PNG / text)."""
+  for folder in ("color", "depth", "pose") + (("label-filt",) if label is not None else ()) + (
+      ("instance-filt",) if instance is not None else ()):
+    os.makedirs(os.path.join(scene_dir, folder), exist_ok=True)
+  Image.fromarray(np.asarray(color, np.uint8)).save(
+      _frame_path(scene_dir, "color", frame, ".jpg"), quality=jpeg_quality)
+  _write_uint16_png(_frame_path(scene_dir, "depth", frame, ".png"), depth)
+  _write_matrix(_frame_path(scene_dir, "pose", frame, ".txt"), cam_to_world)
+  if label is not None:
+    _write_uint16_png(_frame_path(scene_dir, "label-filt", frame, ".png"), label)
+  if instance is not None:
+    _write_uint16_png(_frame_path(scene_dir, "instance-filt", frame, ".png"), instance)
+
+
+def write_mesh(scene_dir: str, scene: str, vertices: np.ndarray, colors: np.ndarray,
+               labels: np.ndarray | None = None, faces: np.ndarray | None = None) -> None:
+  """Writes `<scene>_vh_clean_2.ply` (xyz + rgba) and, with labels, `.labels.ply` (+ label).
+
+  Args:
+    vertices: [V, 3] float.
+    colors: [V, 3] uint8 RGB.
+    labels: optional [V] NYU40 ids.
+    faces: optional [F, 3] vertex indices; a point cloud when absent.
+  """
+  vertices = np.asarray(vertices, np.float32)
+  colors = np.asarray(colors, np.uint8)
+  fields = [("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"),
+            ("blue", "u1"), ("alpha", "u1")]
+
+  def vertex_element(extra):
+    data = np.empty(len(vertices), fields + extra)
+    for i, axis in enumerate("xyz"):
+      data[axis] = vertices[:, i]
+    for i, channel in enumerate(("red", "green", "blue")):
+      data[channel] = colors[:, i]
+    data["alpha"] = 255
+    return data
+
+  elements = lambda vertex: [plyfile.PlyElement.describe(vertex, "vertex")] + (
+      [] if faces is None else [plyfile.PlyElement.describe(
+          np.array([(f,) for f in np.asarray(faces, np.int32)],
+                   [("vertex_indices", "i4", (3,))]), "face")])
+  os.makedirs(scene_dir, exist_ok=True)
+  plyfile.PlyData(elements(vertex_element([]))).write(
+      os.path.join(scene_dir, scene + MESH_SUFFIX))
+  if labels is not None:
+    vertex = vertex_element([("label", "u2")])
+    vertex["label"] = np.asarray(labels, np.uint16)
+    plyfile.PlyData(elements(vertex)).write(os.path.join(scene_dir, scene + LABELS_SUFFIX))
+
+
+def read_mesh(scene_dir: str, scene: str) -> dict[str, np.ndarray]:
+  """Reads a scene's mesh vertices, colours and (from the `.labels.ply`) NYU40 labels.
+
+  Returns:
+    {"points": float32 [V, 3], "colors": uint8 [V, 3], "labels": int32 [V] NYU40 ids}.
+
+  Raises:
+    ValueError: naming the file and the missing field if a mesh lacks a vertex property, or
+      if the two files disagree on the vertex count.
+  """
+  out = {}
+  for suffix, fields in ((MESH_SUFFIX, ("x", "y", "z", "red", "green", "blue")),
+                         (LABELS_SUFFIX, ("label",))):
+    path = os.path.join(scene_dir, scene + suffix)
+    if not os.path.isfile(path):
+      raise ValueError(f"{path}: missing mesh file")
+    try:
+      vertex = plyfile.PlyData.read(path)["vertex"].data
+    except Exception as e:  # plyfile raises several types for malformed files
+      raise ValueError(f"{path}: unreadable PLY ({e})") from e
+    missing = [f for f in fields if f not in vertex.dtype.names]
+    if missing:
+      raise ValueError(f"{path}: vertex element lacks {missing}")
+    if suffix == MESH_SUFFIX:
+      out["points"] = np.stack([vertex[a] for a in "xyz"], -1).astype(np.float32)
+      out["colors"] = np.stack([vertex[c] for c in ("red", "green", "blue")], -1).astype(np.uint8)
+    else:
+      if len(vertex) != len(out["points"]):
+        raise ValueError(f"{path}: {len(vertex)} vertices, but {scene + MESH_SUFFIX} has "
+                         f"{len(out['points'])}")
+      out["labels"] = np.asarray(vertex["label"], np.int32)
+  return out
+
+
+def read_label_map(path: str) -> dict[int, int]:
+  """Raw ScanNet category id -> NYU40 id, from scannetv2-labels.combined.tsv (`id`, `nyu40id`)."""
+  if not os.path.isfile(path):
+    raise ValueError(f"{path}: missing label map (scannetv2-labels.combined.tsv)")
+  with open(path, newline="") as f:
+    reader = csv.DictReader(f, delimiter="\t")
+    if not reader.fieldnames or not {"id", "nyu40id"} <= set(reader.fieldnames):
+      raise ValueError(f"{path}: needs the columns 'id' and 'nyu40id', found {reader.fieldnames}")
+    try:
+      return {int(row["id"]): int(row["nyu40id"]) for row in reader}
+    except ValueError as e:
+      raise ValueError(f"{path}: non-integer id or nyu40id ({e})") from e
+
+
+def write_label_map(path: str, mapping: dict[int, tuple[str, int]]) -> None:
+  """Writes a label map: raw id -> (category name, NYU40 id)."""
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f, delimiter="\t")
+    writer.writerow(["id", "raw_category", "nyu40id"])
+    for raw, (name, nyu40) in sorted(mapping.items()):
+      writer.writerow([raw, name, nyu40])
