@@ -251,19 +251,22 @@ class PairSample(NamedTuple):
   pair_mask: jax.Array
 
 
-def sample_pairs(key: jax.Array, valid: jax.Array, num_points: int, num_pairs: int) -> PairSample:
+def sample_pairs(key: jax.Array, valid: jax.Array, num_points: int, num_pairs: int, *,
+                 pair_valid: jax.Array | None = None) -> PairSample:
   """Samples N points among the valid pixels of a frame and K pixel-point pairs among them.
 
   Points are drawn uniformly without replacement among the valid pixels; pairs uniformly
-  without replacement among the sampled points, so each pair's point is the back-projection
-  of its pixel. With fewer valid pixels than N (or than K) every valid one is taken and the
-  rest is padding, masked out. Shapes are static, so this runs under jit and vmap.
+  without replacement among the sampled points (those whose pixel is also `pair_valid`, e.g.
+  inside a crop), so each pair's point is the back-projection of its pixel. With fewer valid
+  pixels than N (or candidates than K) every one is taken and the rest is padding, masked
+  out. Shapes are static, so this runs under jit and vmap.
 
   Args:
     key: a PRNG key.
     valid: [H, W] bool, e.g. from `back_project`.
     num_points: N.
     num_pairs: K <= N.
+    pair_valid: optional [H, W] bool; pairs only at these pixels (all valid ones if None).
 
   Returns:
     A `PairSample`. Gather the points with `gather_pixels(points, sample.point_pixels)`.
@@ -283,14 +286,17 @@ def sample_pairs(key: jax.Array, valid: jax.Array, num_points: int, num_pairs: i
   _, flat_index = lax.top_k(score, num_points)
   point_mask = flat_valid[flat_index]
   point_pixels = jnp.stack([flat_index // width, flat_index % width], axis=-1).astype(jnp.int32)
-  pair_score = jnp.where(point_mask, jax.random.uniform(pair_key, (num_points,)), -1.0)
+  candidate = point_mask
+  if pair_valid is not None:
+    candidate = candidate & jnp.asarray(pair_valid, bool).reshape(-1)[flat_index]
+  pair_score = jnp.where(candidate, jax.random.uniform(pair_key, (num_points,)), -1.0)
   _, pair_points = lax.top_k(pair_score, num_pairs)
   return PairSample(
       point_pixels=point_pixels,
       point_mask=point_mask,
       pair_pixels=point_pixels[pair_points],
       pair_points=pair_points.astype(jnp.int32),
-      pair_mask=point_mask[pair_points],
+      pair_mask=candidate[pair_points],
   )
 
 

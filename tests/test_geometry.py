@@ -292,3 +292,15 @@ def test_gradients_through_back_projection_and_projection_float64():
     proj = lambda x, p: geometry.project(x, k, p, (240, 320))[0]
     check_grads(proj, (pts, jnp.asarray(np.linalg.inv(pose))), order=1,
                               modes=["fwd", "rev"], atol=1e-5, rtol=1e-5)
+
+
+def test_sample_pairs_restricted_to_pair_valid_pixels():
+  rng = np.random.default_rng(9)
+  valid = rng.uniform(size=(20, 30)) < 0.8
+  pair_valid = np.zeros((20, 30), bool)
+  pair_valid[5:10, 10:20] = True  # a "crop"
+  sample = geometry.sample_pairs(jax.random.key(3), valid, 400, 100, pair_valid=pair_valid)
+  pix = np.asarray(sample.pair_pixels)[np.asarray(sample.pair_mask)]
+  assert len(pix) == min(100, int((valid & pair_valid)[
+      np.asarray(sample.point_pixels)[:, 0], np.asarray(sample.point_pixels)[:, 1]].sum()))
+  assert np.all(pair_valid[pix[:, 0], pix[:, 1]] & valid[pix[:, 0], pix[:, 1]])
