@@ -297,7 +297,7 @@ def read_label_map(path: str) -> dict[int, int]:
       raise ValueError(f"{path}: needs the columns 'id' and 'nyu40id', found {reader.fieldnames}")
     try:
       return {int(row["id"]): int(row["nyu40id"]) for row in reader}
-    except ValueError as e:
+    except (TypeError, ValueError) as e:  # TypeError: a short row leaves a field as None
       raise ValueError(f"{path}: non-integer id or nyu40id ({e})") from e
 
 

@@ -1,0 +1,134 @@
+"""A ScanNet export in a TFDS manual dir: the scenes of each split, and the tally of skips.
+
+Shared by the `scannet_frames` and `scannet_scenes` builders. The manual dir holds
+`scans/<scene>/` (the layout of `p2p_jax.data.scannet`) and, optionally, the official split
+lists `scannetv2_train.txt` and `scannetv2_val.txt` (one scene name per line).
+"""
+
+import collections
+import logging
+import os
+
+SPLIT_FILES = {"train": "scannetv2_train.txt", "val": "scannetv2_val.txt"}
+
+# Why a scene is skipped by `scannet_scenes` (besides `scannet.MISSING_FILE`).
+MALFORMED_MESH = "malformed mesh"
+
+# How many skipped files of each reason the end-of-split summary names; all of them are
+# logged one by one as they are met and stored in the dataset's metadata.
+SUMMARY_EXAMPLES = 3
+
+logger = logging.getLogger(__name__)
+
+
+def _read_scene_list(path: str) -> list[str]:
+  with open(path) as f:
+    scenes = [line.strip() for line in f if line.strip()]
+  if not scenes:
+    raise ValueError(f"{path}: the split list names no scenes")
+  repeated = sorted(s for s, n in collections.Counter(scenes).items() if n > 1)
+  if repeated:
+    raise ValueError(f"{path}: scenes listed more than once: {repeated}")
+  return scenes
+
+
+def split_scenes(manual_dir: str) -> tuple[dict[str, list[str]], list[str]]:
+  """Assigns the scenes under `<manual_dir>/scans/` to splits.
+
+  With split lists, each list that exists makes one split; without any, every scene goes to
+  "train". Scene directories named by no list are returned separately so that the caller can
+  report them.
+
+  Args:
+    manual_dir: the TFDS manual dir.
+
+  Returns:
+    ({split: sorted scene names}, sorted names of scene directories in no split).
+
+  Raises:
+    ValueError: naming the file, if scans/ is missing or empty, a split list is empty or
+      repeats a scene, two lists share a scene, or a listed scene has no directory.
+  """
+  scans = os.path.join(manual_dir, "scans")
+  if not os.path.isdir(scans):
+    raise ValueError(f"{scans}: missing; expected scans/<scene>/ in the manual dir")
+  present = sorted(d for d in os.listdir(scans) if os.path.isdir(os.path.join(scans, d)))
+  if not present:
+    raise ValueError(f"{scans}: no scene directories")
+  lists = {split: os.path.join(manual_dir, name) for split, name in SPLIT_FILES.items()
+           if os.path.isfile(os.path.join(manual_dir, name))}
+  if not lists:
+    return {"train": present}, []
+  splits = {}
+  owner = {}
+  for split, path in lists.items():
+    scenes = _read_scene_list(path)
+    for scene in scenes:
+      if scene in owner:
+        raise ValueError(f"{path}: scene {scene} is also listed in {lists[owner[scene]]}")
+      owner[scene] = split
+      if not os.path.isdir(os.path.join(scans, scene)):
+        raise ValueError(f"{path}: lists scene {scene}, but {os.path.join(scans, scene)} "
+                         "does not exist")
+    splits[split] = sorted(scenes)
+  return splits, [s for s in present if s not in owner]
+
+
+class SkipTally:
+  """The inputs of one split: how many were listed, written, and skipped for which reason.
+
+  Every skip is logged at once with its file; `finish` logs a summary by reason and returns
+  the counts in a JSON-serialisable form for the dataset's metadata.
+  """
+
+  def __init__(self, dataset: str, split: str, unit: str):
+    """Starts an empty tally.
+
+    Args:
+      dataset: the dataset's full name, for the log lines.
+      split: the split being written.
+      unit: what an input is ("frames", "scenes"), for the log lines.
+    """
+    self.dataset = dataset
+    self.split = split
+    self.unit = unit
+    self.listed = 0
+    self.written = 0
+    self.skipped = []  # (reason, path, detail)
+
+  def skip(self, reason: str, path: str, detail: str) -> None:
+    """Records a skipped input; `path` is the offending file, `detail` the full message."""
+    self.skipped.append((reason, path, detail))
+    logger.warning("%s, split %s: skipped (%s): %s", self.dataset, self.split, reason, detail)
+
+  def counts(self) -> dict[str, int]:
+    """Skips per reason, in order of first appearance."""
+    return dict(collections.Counter(reason for reason, _, _ in self.skipped))
+
+  def finish(self) -> dict:
+    """Logs the summary of the split and returns it for the metadata.
+
+    Returns:
+      {"listed": int, "written": int, "skipped": {reason: count},
+       "skipped_files": [{"reason", "path", "detail"}]}; listed = written + skipped.
+    """
+    counts = self.counts()
+    line = (f"{self.dataset}, split {self.split}: {self.listed} {self.unit} listed, "
+            f"{self.written} written, {len(self.skipped)} skipped")
+    if counts:
+      by_reason = []
+      for reason, count in counts.items():
+        paths = [path for r, path, _ in self.skipped if r == reason]
+        more = f", ... ({count - SUMMARY_EXAMPLES} more)" if count > SUMMARY_EXAMPLES else ""
+        by_reason.append(f"  {reason}: {count}: {', '.join(paths[:SUMMARY_EXAMPLES])}{more}")
+      logger.warning("%s:\n%s\nEvery skipped file is listed in the dataset's metadata "
+                     "(builder.info.metadata['splits'][%r]['skipped_files']).",
+                     line, "\n".join(by_reason), self.split)
+    else:
+      logger.info("%s.", line)
+    return {
+        "listed": self.listed,
+        "written": self.written,
+        "skipped": counts,
+        "skipped_files": [{"reason": r, "path": p, "detail": d} for r, p, d in self.skipped],
+    }
