@@ -25,6 +25,7 @@ demo: install
 bench: install
 	$(PY) -m experiments.benchmark_ops
 	$(PY) -m experiments.benchmark_models
+	$(PY) -m experiments.benchmark_data
 
 clean:
 	rm -rf $(VENV) .pytest_cache

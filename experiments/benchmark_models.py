@@ -120,7 +120,7 @@ def main(argv=None):
   pointnet_step(args.repeats, rows)
   resnet_forward(args.repeats, rows, peak)
   projector_paths(args.repeats, rows)
-  print_table(rows, args.repeats)
+  print_table(rows, f"median of {args.repeats} runs")
 
 
 if __name__ == "__main__":

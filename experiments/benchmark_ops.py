@@ -84,7 +84,7 @@ def main(argv=None):
   run("pixel_to_point_info_nce fwd+bwd K=4096 C=128",
       jax.value_and_grad(loss, (0, 1)), (a, b), 30.0, work=3 * logit_flops)
 
-  print_table(rows, args.repeats)
+  print_table(rows, f"median of {args.repeats} runs")
   print(f"Loss fwd+bwd needs at least 3 x {logit_flops / 1e9:.2f} GFLOP of matmul (logits, "
         f"d anchors, d positives): {3 * logit_flops / peak / 1e6:.1f} ms at the measured peak. "
         "The blockwise backward recomputes the logits (a 4th matmul) to keep memory O(K C).")

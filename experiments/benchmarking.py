@@ -29,10 +29,15 @@ def nbytes(tree) -> int:
   return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
-def print_table(rows, repeats: int) -> None:
-  """Prints rows of (operation, ms, throughput, target, verdict) as a Markdown table."""
+def print_table(rows, how: str) -> None:
+  """Prints rows of (operation, ms, throughput, target, verdict) as a Markdown table.
+
+  Args:
+    rows: the table's rows.
+    how: how the times were taken, printed above the table.
+  """
   print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, "
-        f"{os.cpu_count()} CPU threads visible; median of {repeats} runs")
+        f"{os.cpu_count()} CPU threads visible; {how}")
   header = ("operation", "ms", "throughput", "target", "")
   widths = [max(len(str(r[i])) for r in list(rows) + [header]) for i in range(5)]
   fmt = "| " + " | ".join(f"{{:{w}}}" for w in widths) + " |"

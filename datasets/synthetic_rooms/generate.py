@@ -1507,7 +1507,8 @@ def generate(out_dir: str, *, num_scenes: int, frames_per_scene: int, height: in
     seed: seed of everything.
     val_fraction: share of scenes listed in scannetv2_val.txt (rounded to a count).
     teacher_fraction: share of scenes, disjoint from train and val, listed in
-      scannetv2_teacher.txt for training a 2D teacher; the file is written only if > 0.
+      scannetv2_teacher.txt for training a 2D teacher. A split that gets no scene gets no
+      list file (an empty list would read as a mistake).
     depth_noise: depth noise in metres at 1 m, growing with depth squared; 0 for exact depth.
     depth_holes: fraction of depth pixels dropped in blobs.
     points_per_m2: density of the labelled surface samples written as the scene mesh.
@@ -1553,8 +1554,8 @@ def generate(out_dir: str, *, num_scenes: int, frames_per_scene: int, height: in
   scannet.write_label_map(os.path.join(out_dir, scannet.LABEL_MAP_FILE), LABEL_MAP)
   for split, scenes in splits.items():
     path = os.path.join(out_dir, f"scannetv2_{split}.txt")
-    if split == "teacher" and not teacher_fraction:
-      if os.path.exists(path):  # from an earlier run; would now list scenes also in train
+    if not scenes:  # no list rather than an empty one (which readers reject as a mistake)
+      if os.path.exists(path):  # from an earlier run; would now list scenes of other splits
         os.remove(path)
       continue
     with open(path, "w") as f:
