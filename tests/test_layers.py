@@ -6,7 +6,7 @@ import numpy as np
 import flax.linen as nn
 import pytest
 
-from p2p_jax.models.layers import MaskedBatchNorm
+from p2p_jax.models.layers import MaskedBatchNorm, PointwiseDense
 
 
 class FlaxReference(nn.Module):
@@ -100,3 +100,22 @@ def test_cross_device_statistics_equal_one_device_on_the_whole_batch():
     np.testing.assert_allclose(np.asarray(a).sum(0), b, rtol=1e-4, atol=1e-5)
   for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(rstats)):
     np.testing.assert_allclose(np.asarray(a)[0], b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_pointwise_dense_equals_flax_dense_with_gradients(use_bias):
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(2, 5, 7, 6)).astype(np.float32)
+  weights = rng.normal(size=(2, 5, 7, 4)).astype(np.float32)
+  ours, ref = PointwiseDense(4, use_bias=use_bias), nn.Dense(4, use_bias=use_bias)
+  variables = ours.init(jax.random.key(0), x)
+  assert jax.tree.map(np.shape, variables) == jax.tree.map(
+      np.shape, ref.init(jax.random.key(0), x))  # interchangeable checkpoints
+  if use_bias:
+    variables = {"params": {**variables["params"], "bias": np.arange(4, dtype=np.float32)}}
+  np.testing.assert_allclose(ours.apply(variables, x), ref.apply(variables, x), rtol=1e-6)
+  loss = lambda m: lambda v, x: jnp.sum(m.apply(v, x) * weights)
+  g_ours = jax.jit(jax.grad(loss(ours), (0, 1)))(variables, x)
+  g_ref = jax.grad(loss(ref), (0, 1))(variables, x)
+  for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -37,9 +37,11 @@ def test_s3dis_configuration_shapes():
   for i, (npoint, width) in enumerate([(1024, 64), (256, 128), (64, 256), (16, 512)], start=1):
     assert aux[f"sa{i}_features"].shape == (2, npoint, width)
   sa1 = variables["params"]["backbone"]["sa1"]["SharedMLP_0"]
-  assert [sa1[f"Dense_{i}"]["kernel"].shape for i in range(3)] == [(12, 32), (32, 32), (32, 64)]
-  fp_widths = [variables["params"]["backbone"][f"fp{i}"]["SharedMLP_0"][f"Dense_{j}"]["kernel"]
-               .shape[1] for i, n in zip(range(1, 5), (2, 2, 2, 3)) for j in range(n)]
+  kernels = [sa1[f"PointwiseDense_{i}"]["kernel"].shape for i in range(3)]
+  assert kernels == [(12, 32), (32, 32), (32, 64)]
+  fp = lambda i: variables["params"]["backbone"][f"fp{i}"]["SharedMLP_0"]
+  fp_widths = [fp(i)[f"PointwiseDense_{j}"]["kernel"].shape[1]
+               for i, n in zip(range(1, 5), (2, 2, 2, 3)) for j in range(n)]
   assert fp_widths == [256, 256, 256, 256, 256, 128, 128, 128, 128]
 
 

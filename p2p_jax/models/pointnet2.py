@@ -19,7 +19,7 @@ import flax.linen as nn
 
 from p2p_jax import pointops
 from p2p_jax.losses import l2_normalize
-from p2p_jax.models.layers import MaskedBatchNorm
+from p2p_jax.models.layers import MaskedBatchNorm, PointwiseDense
 
 
 class SALevel(NamedTuple):
@@ -33,6 +33,8 @@ class SALevel(NamedTuple):
 class SharedMLP(nn.Module):
   """Pointwise Dense -> BatchNorm -> ReLU layers; BatchNorm statistics only over `mask`.
 
+  See `layers` for why the Dense and BatchNorm have hand-written gradients.
+
   Attributes:
     widths: output channels of each layer.
     bn_axis_name: pmap/shard_map axis for cross-device BatchNorm statistics, or None.
@@ -43,7 +45,7 @@ class SharedMLP(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool) -> jax.Array:
     for width in self.widths:
-      x = nn.Dense(width, use_bias=False)(x)
+      x = PointwiseDense(width, use_bias=False)(x)
       x = MaskedBatchNorm(relu=True, axis_name=self.bn_axis_name)(x, mask, train=train)
     return x
 
