@@ -1,0 +1,1 @@
+"""Training: the PPKT pretraining state and its pmapped step."""
