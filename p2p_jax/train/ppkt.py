@@ -22,6 +22,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 
@@ -210,6 +211,9 @@ def replicate(tree: Any, devices) -> Any:
   """One copy of a pytree per device along a new leading axis, placed as `jax.pmap` places
   its outputs: a pmapped step then sees the same input sharding at every call and compiles
   once (a host-stacked copy would differ from the step's own output and force a second
-  compilation)."""
-  stacked = jax.tree.map(lambda x: jnp.broadcast_to(x, (len(devices),) + jnp.shape(x)), tree)
-  return jax.pmap(lambda x: x, axis_name=AXIS, devices=devices)(stacked)
+  compilation). Works for arrays on any devices, e.g. fresh from a checkpoint."""
+  stacked = jax.tree.map(
+      lambda x: np.broadcast_to(np.asarray(x), (len(devices),) + np.shape(x)), tree)
+  # `+ 0` makes every output a computed value: pmap forwards bare inputs unchanged.
+  return jax.pmap(lambda t: jax.tree.map(lambda x: x + jnp.zeros_like(x), t), axis_name=AXIS,
+                  devices=devices)(stacked)

@@ -1,0 +1,58 @@
+"""The schema and defaults every pretraining config starts from (PPKT's paper values).
+
+`base()` is also the template the trainer checks configs against: a key that is not here is
+an error, so a typo cannot silently fall back to a default.
+"""
+
+import math
+
+import ml_collections
+
+
+def base() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.data = ml_collections.ConfigDict(dict(
+      manual_dir="",           # a ScanNet export, or where synthetic rooms are generated
+      data_dir="",             # the TFDS data dir scannet_frames is built into
+      frames_config="skip25",  # every 25th frame, as in the paper
+      split="train",
+      # Generate synthetic rooms into manual_dir first when it has no scans/ (scenes > 0).
+      synthetic=ml_collections.ConfigDict(dict(scenes=0, frames_per_scene=0, height=240,
+                                               width=320, seed=0, val_fraction=0.2)),
+  ))
+  c.pairs = ml_collections.ConfigDict(dict(
+      image_hw=(240, 320), num_points=8192, num_pairs=4096, crop_scale=(0.5, 1.0),
+      flip_probability=0.5, max_rotation=math.pi, scale_range=(0.9, 1.1), jitter_sigma=0.005,
+      jitter_clip=0.02))
+  c.teacher = ml_collections.ConfigDict(dict(
+      arch="resnet50",
+      checkpoint="",  # from experiments/convert_weights.py; empty = random (warns)
+  ))
+  c.student = "pointnet2_seg"
+  c.projection_dim = 128
+  c.loss = ml_collections.ConfigDict(dict(temperature=0.04, global_negatives=True,
+                                          symmetric=False))
+  c.optimizer = ml_collections.ConfigDict(dict(name="sgd", learning_rate=0.5, weight_decay=1e-4,
+                                               momentum=0.9, warmup_steps=0))
+  c.per_device_batch = 24
+  c.total_steps = 60_000
+  c.log_every = 50
+  c.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=3))
+  return c
+
+
+def shrink_for_cpu(c: ml_collections.ConfigDict, workdir_hint: str) -> None:
+  """The `runlocal` variant: the same experiment, small enough to run in seconds on a CPU."""
+  c.data.synthetic.update(scenes=2, frames_per_scene=8, height=48, width=64, val_fraction=0.0)
+  c.data.frames_config = "skip1"
+  c.data.manual_dir = c.data.manual_dir or f"{workdir_hint}/rooms"
+  c.data.data_dir = c.data.data_dir or f"{workdir_hint}/tfds"
+  c.pairs.update(image_hw=(48, 64), num_points=256, num_pairs=128)
+  c.teacher.arch = "tiny"
+  c.student = "pointnet2_tiny"
+  c.projection_dim = 16
+  c.per_device_batch = 1
+  c.total_steps = 20
+  c.log_every = 1
+  c.checkpoint.update(every=5, keep=2)

@@ -1,0 +1,209 @@
+"""The PPKT pretraining loop: setup -> data -> models -> restore -> steps -> checkpoints.
+
+Readable top to bottom, big_vision style. A run lives in its work dir: `checkpoints/` (Orbax:
+the replicated-once state, the student's variables on their own for downstream loading, and
+the data position) and `metrics.jsonl`. Starting a run in a work dir that has checkpoints
+resumes from the latest one; batches are a function of (seed, index), so a resumed run sees
+exactly the batches it would have seen. SIGTERM (what a preempted TPU VM receives) saves a
+checkpoint and returns; a non-finite loss stops the run naming the step, with the last good
+checkpoint left as it was.
+"""
+
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import tqdm
+
+from p2p_jax.data import pipeline
+from p2p_jax.models import convert, pointnet2, projector, resnet
+from p2p_jax.train import ppkt
+
+STUDENTS = {"pointnet2_seg": pointnet2.PointNet2Seg, "pointnet2_tiny": pointnet2.PointNet2Tiny}
+
+
+def check_config(config: ml_collections.ConfigDict, template: ml_collections.ConfigDict,
+                 prefix: str = "") -> None:
+  """Raises ValueError listing every key of `config` that `template` does not have."""
+  unknown = []
+
+  def walk(c, t, path):
+    for key in c.keys():
+      if key not in t:
+        unknown.append(path + key)
+      elif isinstance(c[key], ml_collections.ConfigDict) and isinstance(
+          t[key], ml_collections.ConfigDict):
+        walk(c[key], t[key], f"{path}{key}.")
+
+  walk(config, template, prefix)
+  if unknown:
+    raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
+
+
+def pair_config(config: ml_collections.ConfigDict) -> pipeline.PairConfig:
+  p = config.pairs
+  return pipeline.PairConfig(
+      image_hw=tuple(p.image_hw), num_points=p.num_points, num_pairs=p.num_pairs,
+      crop_scale=tuple(p.crop_scale), flip_probability=p.flip_probability,
+      max_rotation=p.max_rotation, scale_range=tuple(p.scale_range),
+      jitter_sigma=p.jitter_sigma, jitter_clip=p.jitter_clip)
+
+
+def load_frames(data: ml_collections.ConfigDict):
+  """The frames source; generates synthetic rooms and builds the dataset when asked."""
+  from datasets.scannet_frames import build_frames, load_frames as load  # pylint: disable=g-import-not-at-top
+  if data.synthetic.scenes and not os.path.isdir(os.path.join(data.manual_dir, "scans")):
+    from datasets.synthetic_rooms import generate  # pylint: disable=g-import-not-at-top
+    s = data.synthetic
+    generate.generate(data.manual_dir, num_scenes=s.scenes, frames_per_scene=s.frames_per_scene,
+                      height=s.height, width=s.width, seed=s.seed, val_fraction=s.val_fraction,
+                      progress=True)
+  build_frames(data.manual_dir, data.data_dir, config=data.frames_config)
+  return load(data.data_dir, data.split, config=data.frames_config)
+
+
+def load_teacher(config: ml_collections.ConfigDict, image_hw):
+  teacher = resnet.VARIANTS[config.teacher.arch]()
+  if config.teacher.checkpoint:
+    return teacher, convert.load_teacher_checkpoint(config.teacher.checkpoint, teacher)
+  logging.warning("teacher.checkpoint is empty: the teacher is randomly initialised, which "
+                  "exercises the code but transfers no knowledge")
+  images = jnp.zeros((1,) + tuple(image_hw) + (3,))
+  return teacher, jax.jit(teacher.init)(jax.random.key(config.seed + 1), images)
+
+
+def _unreplicate(tree):
+  return jax.tree.map(lambda x: x[0], tree)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str,
+          template: ml_collections.ConfigDict | None = None,
+          stop_at: int | None = None) -> dict[str, float]:
+  """Pretrains (or resumes pretraining) as `config` says, in `workdir`.
+
+  Args:
+    config: an experiment config (see experiments/configs/).
+    workdir: where checkpoints and metrics go; an existing one is resumed.
+    template: the config schema; keys of `config` missing from it are an error.
+    stop_at: end this run after this step (saving it), e.g. for time-sliced jobs; the
+      schedule still runs to `config.total_steps`.
+
+  Returns:
+    The metrics of the last step.
+  """
+  # Setup.
+  if template is not None:
+    check_config(config, template)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  devices = jax.local_devices()
+  is_lead = jax.process_index() == 0
+  pairs = pair_config(config)
+
+  # Data.
+  source = load_frames(config.data)
+  dataset = pipeline.pretrain_dataset(source, pairs, seed=config.seed, num_devices=len(devices),
+                                      per_device_batch=config.per_device_batch)
+
+  # Models and optimiser.
+  teacher, teacher_variables = load_teacher(config, pairs.image_hw)
+  model = ppkt.PPKTModel(
+      projector=projector.UpsamplingProjector(features=config.projection_dim),
+      student=pointnet2.PointModel(STUDENTS[config.student](bn_axis_name=ppkt.AXIS),
+                                   pointnet2.ProjectionHead(config.projection_dim)))
+  o = config.optimizer
+  schedule = ppkt.make_schedule(o.learning_rate, config.total_steps, o.warmup_steps)
+  tx = ppkt.make_optimizer(o.name, learning_rate=o.learning_rate, weight_decay=o.weight_decay,
+                           total_steps=config.total_steps, warmup_steps=o.warmup_steps,
+                           momentum=o.momentum)
+  example = jax.tree.map(lambda x: x[0], pipeline.make_pairs_jit(dataset[0], pairs))
+  layer4 = jax.eval_shape(lambda v, x: teacher.apply(v, x)[0], teacher_variables,
+                          resnet.preprocess(example["image"]))
+  init = lambda key: ppkt.init_state(model, tx, key, jnp.zeros(layer4.shape), example)
+  # Restored onto one device, then replicated: checkpoints load on any device count.
+  one_device = jax.sharding.SingleDeviceSharding(devices[0])
+  abstract_state = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one_device),
+      jax.eval_shape(init, jax.random.key(config.seed)))
+
+  # Restore, or start.
+  manager = ocp.CheckpointManager(
+      os.path.join(workdir, "checkpoints"),
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.checkpoint.keep,
+                                           save_interval_steps=config.checkpoint.every))
+  start = manager.latest_step()
+  if start is None:
+    state, start = jax.jit(init)(jax.random.key(config.seed)), 0
+  else:
+    restored = manager.restore(start, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    state = restored["state"]
+    if restored["data"]["next_batch"] != start:
+      raise ValueError(f"checkpoint {start} in {workdir} is at batch "
+                       f"{restored['data']['next_batch']}, not {start}")
+    logging.info("resumed from step %d of %s", start, workdir)
+
+  def save(step, state, force=False):
+    if force:  # a save still in flight would make the manager skip this one
+      manager.wait_until_finished()
+    host_state = _unreplicate(state)
+    student = {"params": host_state.params["student"],
+               "batch_stats": host_state.batch_stats.get("student", {})}
+    manager.save(step, force=force, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(host_state), student=ocp.args.StandardSave(student),
+        data=ocp.args.JsonSave({"next_batch": step})))
+
+  # The step.
+  step_fn = ppkt.make_train_step(devices=devices, model=model, teacher=teacher, tx=tx,
+                                 pair_config=pairs, loss_config=ppkt.LossConfig(
+                                     temperature=config.loss.temperature,
+                                     global_negatives=config.loss.global_negatives,
+                                     symmetric=config.loss.symmetric), schedule=schedule)
+  state = ppkt.replicate(state, devices)
+  teacher_variables = ppkt.replicate(teacher_variables, devices)
+
+  # Loop.
+  terminated = []
+  previous = signal.signal(signal.SIGTERM, lambda *_: terminated.append(True))
+  batches = pipeline.prefetch(dataset, start=start)
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  frames_per_step = len(devices) * config.per_device_batch * jax.process_count()
+  bar = tqdm.tqdm(total=config.total_steps, initial=start, disable=not is_lead,
+                  desc="pretraining")
+  last = {}
+  end = config.total_steps if stop_at is None else min(stop_at, config.total_steps)
+  try:
+    for step in range(start, end):
+      tick = time.perf_counter()
+      state, metrics = step_fn(state, teacher_variables, next(batches))
+      metrics = jax.tree.map(lambda x: float(np.asarray(x)[0]), metrics)
+      if not np.isfinite(metrics["loss"]):
+        raise FloatingPointError(f"non-finite loss {metrics['loss']} at step {step + 1}; the "
+                                 f"last good checkpoint in {workdir} is left as it was")
+      seconds = time.perf_counter() - tick
+      last = {"step": step + 1, **metrics, "frames_per_second": frames_per_step / seconds,
+              "pairs_per_second": metrics["pairs"] / seconds}
+      if is_lead and ((step + 1) % config.log_every == 0 or step + 1 == config.total_steps):
+        with open(metrics_path, "a") as f:
+          f.write(json.dumps(last) + "\n")
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['pair_accuracy']:.2f}")
+      bar.update(1)
+      stop = bool(terminated)  # read once: a signal between save and check is not lost
+      save(step + 1, state, force=stop or step + 1 == end)
+      if stop:
+        logging.warning("SIGTERM: saved step %d of %s and stopped", step + 1, workdir)
+        break
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+    bar.close()
+    signal.signal(signal.SIGTERM, previous)
+  return last

@@ -1,0 +1,174 @@
+"""The pretraining loop: configs, checkpoints, exact resumption after SIGKILL, SIGTERM."""
+
+import glob
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from experiments.configs import common
+from p2p_jax.train import trainer
+
+CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob("experiments/configs/ppkt_*.py"))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def runlocal(tmp_path, name="ppkt_synthetic"):
+  config = importlib.import_module(f"experiments.configs.{name}").get_config("runlocal")
+  config.data.manual_dir = str(tmp_path / "rooms")
+  config.data.data_dir = str(tmp_path / "tfds")
+  return config
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_builds_and_has_only_known_keys(name):
+  module = importlib.import_module(f"experiments.configs.{name}")
+  assert "python -m experiments.pretrain" in module.__doc__
+  for arg in (None, "runlocal"):
+    trainer.check_config(module.get_config(arg), common.base())
+  with pytest.raises(ValueError, match="unknown config argument"):
+    module.get_config("bogus")
+
+
+def test_unknown_keys_fail_loudly():
+  config = common.base()
+  config.optimiser = ml_collections.ConfigDict({"name": "sgd"})  # British spelling: a typo
+  config.loss.temprature = 0.1
+  with pytest.raises(ValueError, match="loss.temprature, optimiser"):
+    trainer.check_config(config, common.base())
+
+
+def restore_state(workdir, step=None):
+  with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as manager:
+    step = manager.latest_step() if step is None else step
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), student=ocp.args.StandardRestore(),
+        data=ocp.args.JsonRestore()))
+  return step, restored
+
+
+def assert_trees_equal(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  """A 20-step runlocal run: the reference every resumed run must reproduce exactly."""
+  tmp = tmp_path_factory.mktemp("uninterrupted")
+  config = runlocal(tmp)
+  last = trainer.train(config, str(tmp / "work"), template=common.base())
+  return config, str(tmp / "work"), last
+
+
+def test_runlocal_trains_and_the_loss_falls(uninterrupted):
+  _, workdir, last = uninterrupted
+  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["step"] for r in records] == list(range(1, 21)) and last["step"] == 20
+  losses = [r["loss"] for r in records]
+  assert np.mean(losses[-5:]) < np.mean(losses[:5]), losses
+  for key in ("positive_similarity", "negative_similarity", "pair_accuracy", "learning_rate",
+              "grad_norm", "param_norm", "update_norm", "frames_per_second", "pairs_per_second"):
+    assert np.isfinite(records[-1][key]), key
+  step, restored = restore_state(workdir)
+  assert step == 20 and restored["data"]["next_batch"] == 20
+  # The student's variables are saved on their own, for downstream fine-tuning.
+  assert_trees_equal(restored["student"]["params"], restored["state"]["params"]["student"])
+
+
+def test_resuming_in_process_reproduces_the_uninterrupted_run_bitwise(uninterrupted, tmp_path):
+  config, reference_dir, _ = uninterrupted
+  config = ml_collections.ConfigDict(config.to_dict())
+  workdir = str(tmp_path / "work")
+  trainer.train(config, workdir, stop_at=12)  # checkpoints at 5, 10, 12 ...
+  trainer.train(config, workdir)  # ... and the second run resumes from 12
+  _, ours = restore_state(workdir, 20)
+  _, reference = restore_state(reference_dir, 20)
+  assert_trees_equal(ours["state"], reference["state"])
+
+
+def pretrain_command(config_dir, workdir, *extra):
+  return [sys.executable, "-m", "experiments.pretrain",
+          "--config", "experiments/configs/ppkt_synthetic.py:runlocal", "--workdir", workdir,
+          f"--config.data.manual_dir={config_dir}/rooms",
+          f"--config.data.data_dir={config_dir}/tfds", *extra]
+
+
+def test_sigkill_then_restart_reaches_the_same_parameters_bitwise(uninterrupted, tmp_path):
+  config, reference_dir, _ = uninterrupted
+  data_dir = os.path.dirname(config.data.manual_dir)
+  workdir = str(tmp_path / "work")
+  env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+  proc = subprocess.Popen(pretrain_command(data_dir, workdir), cwd=ROOT, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  while not glob.glob(os.path.join(workdir, "checkpoints", "10")) and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)  # somewhere after step 10: mid-step, mid-save, anywhere
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  done = subprocess.run(pretrain_command(data_dir, workdir), cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  _, ours = restore_state(workdir, 20)
+  _, reference = restore_state(reference_dir, 20)
+  assert_trees_equal(ours["state"], reference["state"])
+
+
+def test_sigterm_saves_and_exits_cleanly(uninterrupted, tmp_path):
+  config, _, _ = uninterrupted
+  data_dir = os.path.dirname(config.data.manual_dir)
+  workdir = str(tmp_path / "work")
+  log = open(tmp_path / "log.txt", "w")  # a file: a full pipe would stall the run
+  proc = subprocess.Popen(pretrain_command(data_dir, workdir, "--config.checkpoint.every=100",
+                                           "--config.total_steps=100000"),
+                          cwd=ROOT, stdout=log, stderr=log)
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + 240
+  while (not os.path.exists(metrics) or len(open(metrics).readlines()) < 3) and (
+      time.time() < deadline):
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  proc.wait(timeout=120)
+  log.close()
+  assert proc.returncode == 0, open(tmp_path / "log.txt").read()[-3000:]
+  stopped = len(open(metrics).readlines())
+  step, restored = restore_state(workdir)
+  assert step == stopped >= 3 and restored["data"]["next_batch"] == step  # where it stopped
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(
+    uninterrupted, tmp_path):
+  config, _, _ = uninterrupted
+  config = ml_collections.ConfigDict(config.to_dict())
+  workdir = str(tmp_path / "work")
+  trainer.train(config, workdir, stop_at=5)
+  _, good = restore_state(workdir, 5)
+  config.optimizer.learning_rate = 1e30  # the parameters overflow within a step or two
+  with pytest.raises(FloatingPointError, match=r"non-finite loss .* at step (6|7|8)"):
+    trainer.train(config, workdir)
+  step, kept = restore_state(workdir)
+  assert step == 5
+  assert_trees_equal(kept["state"], good["state"])
+
+
+def test_restoring_on_a_different_device_count(uninterrupted, tmp_path):
+  config, reference_dir, _ = uninterrupted
+  data_dir = os.path.dirname(config.data.manual_dir)
+  workdir = str(tmp_path / "work")
+  subprocess.run(["cp", "-r", reference_dir, workdir], check=True)
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  done = subprocess.run(pretrain_command(data_dir, workdir, "--config.total_steps=22"),
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  step, restored = restore_state(workdir)
+  assert step == 22 and restored["data"]["next_batch"] == 22
