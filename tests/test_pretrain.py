@@ -5,6 +5,7 @@ import importlib
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from tensorboardX.proto import event_pb2
 
 from experiments.configs import common
 from p2p_jax.train import trainer
@@ -79,6 +81,17 @@ def test_runlocal_trains_and_the_loss_falls(uninterrupted):
   for key in ("positive_similarity", "negative_similarity", "pair_accuracy", "learning_rate",
               "grad_norm", "param_norm", "update_norm", "frames_per_second", "pairs_per_second"):
     assert np.isfinite(records[-1][key]), key
+  # TensorBoard event files (TFRecord framing: length, crc, event, crc) hold the same values.
+  (events_file,) = glob.glob(os.path.join(workdir, "tensorboard", "events*"))
+  data, i, scalars = open(events_file, "rb").read(), 0, {}
+  while i < len(data):
+    size = struct.unpack("<Q", data[i:i + 8])[0]
+    event = event_pb2.Event.FromString(data[i + 12:i + 12 + size])
+    i += 16 + size
+    for value in event.summary.value:
+      scalars[value.tag, event.step] = value.simple_value
+  assert scalars["loss", 20] == pytest.approx(records[-1]["loss"], rel=1e-6)
+  assert scalars["pair_accuracy", 1] == pytest.approx(records[0]["pair_accuracy"], abs=1e-7)
   step, restored = restore_state(workdir)
   assert step == 20 and restored["data"]["next_batch"] == 20
   # The student's variables are saved on their own, for downstream fine-tuning.

@@ -2,7 +2,8 @@
 
 Readable top to bottom, big_vision style. A run lives in its work dir: `checkpoints/` (Orbax:
 the replicated-once state, the student's variables on their own for downstream loading, and
-the data position) and `metrics.jsonl`. Starting a run in a work dir that has checkpoints
+the data position), `metrics.jsonl` and TensorBoard event files in `tensorboard/` (written
+with tensorboardX, no TensorFlow needed). Only process 0 writes metrics. Starting a run in a work dir that has checkpoints
 resumes from the latest one; batches are a function of (seed, index), so a resumed run sees
 exactly the batches it would have seen. SIGTERM (what a preempted TPU VM receives) saves a
 checkpoint and returns; a non-finite loss stops the run naming the step, with the last good
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorboardX
 import tqdm
 
 from p2p_jax.data import pipeline
@@ -175,6 +177,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   previous = signal.signal(signal.SIGTERM, lambda *_: terminated.append(True))
   batches = pipeline.prefetch(dataset, start=start)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
+  board = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard")) if is_lead else None
   frames_per_step = len(devices) * config.per_device_batch * jax.process_count()
   bar = tqdm.tqdm(total=config.total_steps, initial=start, disable=not is_lead,
                   desc="pretraining")
@@ -194,6 +197,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       if is_lead and ((step + 1) % config.log_every == 0 or step + 1 == config.total_steps):
         with open(metrics_path, "a") as f:
           f.write(json.dumps(last) + "\n")
+        for key, value in last.items():
+          if key != "step":
+            board.add_scalar(key, value, step + 1)
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['pair_accuracy']:.2f}")
       bar.update(1)
       stop = bool(terminated)  # read once: a signal between save and check is not lost
@@ -205,5 +211,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     manager.wait_until_finished()
     manager.close()
     bar.close()
+    if board is not None:
+      board.close()
     signal.signal(signal.SIGTERM, previous)
   return last
