@@ -26,6 +26,7 @@ bench: install
 	$(PY) -m experiments.benchmark_ops
 	$(PY) -m experiments.benchmark_models
 	$(PY) -m experiments.benchmark_data
+	$(PY) -m experiments.benchmark_pretrain
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -21,8 +21,10 @@ def base() -> ml_collections.ConfigDict:
       synthetic=ml_collections.ConfigDict(dict(scenes=0, frames_per_scene=0, height=240,
                                                width=320, seed=0, val_fraction=0.2)),
   ))
+  # num_points and num_pairs are per frame; the loss contrasts the pairs of the whole batch
+  # (of every device with loss.global_negatives), so K = num_pairs x global batch.
   c.pairs = ml_collections.ConfigDict(dict(
-      image_hw=(240, 320), num_points=8192, num_pairs=4096, crop_scale=(0.5, 1.0),
+      image_hw=(240, 320), num_points=8192, num_pairs=512, crop_scale=(0.5, 1.0),
       flip_probability=0.5, max_rotation=math.pi, scale_range=(0.9, 1.1), jitter_sigma=0.005,
       jitter_clip=0.02))
   c.teacher = ml_collections.ConfigDict(dict(

@@ -20,7 +20,7 @@ def get_config(arg=None):
   c.data.manual_dir = "data/rooms"
   c.data.data_dir = "data/tfds"
   c.data.synthetic.update(scenes=100, frames_per_scene=50)
-  c.pairs.update(image_hw=(240, 320), num_points=8192, num_pairs=4096)
+  c.pairs.update(image_hw=(240, 320), num_points=8192, num_pairs=512)  # 4096 per batch of 8
   c.teacher.arch = "resnet18"
   c.loss.temperature = 0.07
   c.per_device_batch = 8
