@@ -126,7 +126,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   tx = ppkt.make_optimizer(o.name, learning_rate=o.learning_rate, weight_decay=o.weight_decay,
                            total_steps=config.total_steps, warmup_steps=o.warmup_steps,
                            momentum=o.momentum)
-  example = jax.tree.map(lambda x: x[0], pipeline.make_pairs_jit(dataset[0], pairs))
+  # Initialisation needs only shapes: one device's share of a batch, and its teacher features.
+  example = jax.tree.map(lambda s: jnp.zeros(s.shape[1:], s.dtype), jax.eval_shape(
+      lambda b: pipeline.make_pairs(b, pairs), dataset[0]))
   layer4 = jax.eval_shape(lambda v, x: teacher.apply(v, x)[0], teacher_variables,
                           resnet.preprocess(example["image"]))
   init = lambda key: ppkt.init_state(model, tx, key, jnp.zeros(layer4.shape), example)
