@@ -154,11 +154,11 @@ def test_point_colours_and_3d_augmentation():
   assert colors.min() >= 0 and colors.max() <= 1 and colors.std() > 0.1
 
 
-def test_deterministic_per_seed_epoch_and_index_and_sharded_by_process():
+def test_deterministic_per_seed_epoch_and_index_and_sliced_by_process():
   frames = make_frames(8)
-  make = lambda seed, index=0, count=1: pipeline.pretrain_dataset(
-      frames, CONFIG, seed=seed, num_devices=1, per_device_batch=2, process_index=index,
-      process_count=count)
+  make = lambda seed, index=0, count=1, devices=1: pipeline.pretrain_dataset(
+      frames, CONFIG, seed=seed, num_devices=devices, per_device_batch=2,
+      process_index=index, process_count=count)
   a, b, c = make(7), make(7), make(8)
   for i in (0, 3, 5):  # batches 4.. are the second epoch
     for key in a[i]:
@@ -168,10 +168,17 @@ def test_deterministic_per_seed_epoch_and_index_and_sharded_by_process():
   epoch2 = np.concatenate([a[i]["frame"].reshape(-1) for i in range(4, 8)])
   assert sorted(epoch1) == sorted(epoch2) == sorted(int(f["frame"]) for f in frames)
   assert not np.array_equal(epoch1, epoch2)  # reshuffled each epoch
-  shards = [np.concatenate([make(7, i, 2)[j]["frame"].reshape(-1) for j in range(2)])
-            for i in range(2)]
-  assert not set(shards[0]) & set(shards[1])
-  assert sorted(np.concatenate(shards)) == sorted(int(f["frame"]) for f in frames)
+  # 2 processes x 1 device read disjoint halves of the batches of 1 process x 2 devices,
+  # augmented identically: the data do not depend on how devices are spread over processes.
+  whole = make(7, devices=2)
+  for j in (0, 1, 5):
+    halves = [make(7, i, 2)[j] for i in range(2)]
+    for key in whole[j]:
+      for i in range(2):
+        np.testing.assert_array_equal(halves[i][key][0], whole[j][key][i])
+    assert not set(halves[0]["frame"].reshape(-1)) & set(halves[1]["frame"].reshape(-1))
+  with pytest.raises(ValueError, match="fewer than one global batch"):
+    make(7, 0, 5)
   # The device half is a pure function of the host batch.
   x = pipeline.make_pairs_jit(a[2], CONFIG)
   y = pipeline.make_pairs_jit(b[2], CONFIG)
@@ -211,6 +218,6 @@ def test_clear_errors():
   frames[0]["image"] = frames[0]["image"][:10]
   with pytest.raises(ValueError, match="does not match depth"):
     pipeline.augment_frame(frames[0], np.random.default_rng(0), CONFIG)
-  with pytest.raises(ValueError, match="fewer than one batch"):
+  with pytest.raises(ValueError, match="fewer than one global batch"):
     pipeline.pretrain_dataset(make_frames(3), CONFIG, seed=0, num_devices=2, per_device_batch=2,
                               process_index=0, process_count=1)

@@ -5,6 +5,7 @@ import importlib
 import json
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -185,3 +186,41 @@ def test_restoring_on_a_different_device_count(uninterrupted, tmp_path):
   assert done.returncode == 0, done.stderr[-3000:]
   step, restored = restore_state(workdir)
   assert step == 22 and restored["data"]["next_batch"] == 22
+
+
+def test_two_processes_equal_one_process_with_as_many_devices(uninterrupted, tmp_path):
+  """2 processes x 2 devices (localhost, gloo collectives) == 1 process x 4 devices."""
+  config, _, _ = uninterrupted
+  data_dir = os.path.dirname(config.data.manual_dir)
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  steps = "--config.total_steps=3"
+  two = str(tmp_path / "two")
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  procs = [subprocess.Popen(
+      pretrain_command(data_dir, two, steps, "--coordinator_address", f"127.0.0.1:{port}",
+                       "--num_processes", "2", "--process_id", str(i)),
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  one = str(tmp_path / "one")
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  done = subprocess.run(pretrain_command(data_dir, one, steps), cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+
+  finals = [json.loads(out.split("final metrics:")[1]) for out, _ in outs + [(done.stdout, "")]]
+  # Each process ends with its own replica of the parameters: identical across processes.
+  assert finals[0]["param_norm"] == finals[1]["param_norm"]
+  assert finals[0]["pairs"] == finals[2]["pairs"]
+  # Only process 0 wrote metrics; the checkpoint equals the one-process run's, up to the
+  # order in which the collectives sum.
+  assert len(open(os.path.join(two, "metrics.jsonl")).readlines()) == 3
+  _, a = restore_state(two, 3)
+  _, b = restore_state(one, 3)
+  for x, y in zip(jax.tree.leaves(a["state"]), jax.tree.leaves(b["state"]), strict=True):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(finals[0]["loss"], finals[2]["loss"], rtol=1e-5)

@@ -3,7 +3,8 @@
 Two halves, so that the heavy geometry runs where the model runs:
 
   host (`pretrain_dataset`, Grain + NumPy): reads frames from a random-access source (e.g.
-    `tfds.data_source` of `scannet_frames`), shards them by process, shuffles them per epoch,
+    `tfds.data_source` of `scannet_frames`), shuffles them per epoch, gives each process its
+    slice of every global batch,
     draws each frame's augmentation from a generator seeded by (seed, epoch, index), crops,
     resizes and flips the teacher's image, and batches to [devices, per_device, ...];
   device (`make_pairs`, pure JAX): back-projects the depth, samples N points and K pixel-point
@@ -248,39 +249,46 @@ def pretrain_dataset(source: Sequence[dict[str, Any]],
                      shuffle: bool = True,
                      process_index: int | None = None,
                      process_count: int | None = None) -> grain.MapDataset:
-  """Host half as a Grain dataset of batches [num_devices, per_device_batch, ...].
+  """Host half as a Grain dataset of this process's batches [num_devices, per_device_batch, ...].
 
-  Deterministic: batch i of a (seed, shard) is the same on every run, so a resumed run that
-  restarts at batch i sees the same data. Each process reads its own slice of the frames
-  (index % process_count == process_index); the order is reshuffled every epoch.
+  Deterministic and independent of how the devices are spread over processes: the frames are
+  shuffled (reshuffled every epoch) into one global order, global batch i is the frames
+  [i G, (i + 1) G) of it with G = num_devices x per_device_batch x process_count, and process p
+  reads and augments only its slice [p L, (p + 1) L) of each (L = G / process_count). Every
+  frame's augmentation is drawn from a generator seeded by (seed, global position), so a
+  resumed run that restarts at batch i sees the same data, and 2 processes of 2 devices train
+  on exactly the batches of 1 process of 4 devices.
 
   Args:
     source: random-access frames, e.g. `tfds.data_source(...)` of scannet_frames.
     config: the pipeline configuration.
     seed: seeds the shuffle and every frame's augmentation.
-    num_devices: local devices (the leading batch axis, for pmap).
+    num_devices: this process's devices (the leading batch axis, for pmap).
     per_device_batch: frames per device.
     num_epochs: None repeats forever.
     shuffle: shuffle the frames each epoch.
-    process_index: this process's shard (default `jax.process_index()`).
-    process_count: number of shards (default `jax.process_count()`).
+    process_index: this process's slice (default `jax.process_index()`).
+    process_count: number of processes (default `jax.process_count()`).
 
   Returns:
     A `grain.MapDataset`; index it (`ds[i]`) for random access, or iterate with `prefetch`.
   """
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
-  ds = grain.MapDataset.source(source)[process_index::process_count]
-  if len(ds) < num_devices * per_device_batch:
-    raise ValueError(f"shard {process_index}/{process_count} holds {len(ds)} frames, fewer "
-                     f"than one batch of {num_devices} x {per_device_batch}")
+  local = num_devices * per_device_batch
+  ds = grain.MapDataset.source(source)
+  if len(ds) < local * process_count:
+    raise ValueError(f"the source holds {len(ds)} frames, fewer than one global batch of "
+                     f"{process_count} processes x {num_devices} devices x {per_device_batch}")
   if shuffle:
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat(num_epochs)
   ds = ds.random_map(functools.partial(augment_frame, config=config), seed=seed)
+  # Lazy: batching and slicing only decide which frames a process reads, so each process
+  # reads and augments just its own slice.
   lead = (num_devices, per_device_batch)
-  return ds.batch(num_devices * per_device_batch, drop_remainder=True,
-                  batch_fn=lambda records: _stack(records, lead))
+  ds = ds.batch(local, drop_remainder=True, batch_fn=lambda records: _stack(records, lead))
+  return ds[process_index::process_count]
 
 
 def prefetch(dataset: grain.MapDataset, *, start: int = 0, num_threads: int = 2,

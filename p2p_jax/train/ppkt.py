@@ -195,7 +195,8 @@ def make_train_step(devices=None, **kwargs):
   """`train_step` pmapped over `devices` (default: all local ones) with the state donated.
 
   Args:
-    devices: the devices of the leading batch axis.
+    devices: the devices of the step; with several processes, all of them (`jax.devices()`),
+      each process passing arrays whose leading axis holds its own devices.
     **kwargs: the keyword arguments of `train_step` (model, teacher, tx, configs, schedule).
 
   Returns:
@@ -211,9 +212,15 @@ def replicate(tree: Any, devices) -> Any:
   """One copy of a pytree per device along a new leading axis, placed as `jax.pmap` places
   its outputs: a pmapped step then sees the same input sharding at every call and compiles
   once (a host-stacked copy would differ from the step's own output and force a second
-  compilation). Works for arrays on any devices, e.g. fresh from a checkpoint."""
-  stacked = jax.tree.map(
-      lambda x: np.broadcast_to(np.asarray(x), (len(devices),) + np.shape(x)), tree)
+  compilation). Works for arrays on any devices, e.g. fresh from a checkpoint.
+
+  Args:
+    tree: the pytree, the same in every process.
+    devices: the devices of the pmapped step; with several processes, all of them
+      (`jax.devices()`). Each process gets copies on its own devices among them.
+  """
+  local = sum(d.process_index == jax.process_index() for d in devices)
+  stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (local,) + np.shape(x)), tree)
   # `+ 0` makes every output a computed value: pmap forwards bare inputs unchanged.
   return jax.pmap(lambda t: jax.tree.map(lambda x: x + jnp.zeros_like(x), t), axis_name=AXIS,
                   devices=devices)(stacked)

@@ -3,11 +3,15 @@
 Readable top to bottom, big_vision style. A run lives in its work dir: `checkpoints/` (Orbax:
 the replicated-once state, the student's variables on their own for downstream loading, and
 the data position), `metrics.jsonl` and TensorBoard event files in `tensorboard/` (written
-with tensorboardX, no TensorFlow needed). Only process 0 writes metrics. Starting a run in a work dir that has checkpoints
+with tensorboardX, no TensorFlow needed). Starting a run in a work dir that has checkpoints
 resumes from the latest one; batches are a function of (seed, index), so a resumed run sees
 exactly the batches it would have seen. SIGTERM (what a preempted TPU VM receives) saves a
 checkpoint and returns; a non-finite loss stops the run naming the step, with the last good
 checkpoint left as it was.
+
+Across processes (a TPU pod slice, or `jax.distributed.initialize` by hand) the step is
+pmapped over every device, each process feeds its own devices with its own slice of every
+global batch, and only process 0 prepares the data and writes metrics and checkpoint files.
 """
 
 import json
@@ -24,6 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import tensorboardX
 import tqdm
+from jax.experimental import multihost_utils
 
 from p2p_jax.data import pipeline
 from p2p_jax.models import convert, pointnet2, projector, resnet
@@ -106,13 +111,19 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     check_config(config, template)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  devices = jax.local_devices()
+  devices = jax.devices()  # the pmapped step's, across all processes
+  local_devices = jax.local_devices()
   is_lead = jax.process_index() == 0
   pairs = pair_config(config)
 
-  # Data.
+  # Data: process 0 prepares it; every process then reads its own slice of each batch.
+  if is_lead:
+    load_frames(config.data)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("data prepared")
   source = load_frames(config.data)
-  dataset = pipeline.pretrain_dataset(source, pairs, seed=config.seed, num_devices=len(devices),
+  dataset = pipeline.pretrain_dataset(source, pairs, seed=config.seed,
+                                      num_devices=len(local_devices),
                                       per_device_batch=config.per_device_batch)
 
   # Models and optimiser.
@@ -133,7 +144,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                           resnet.preprocess(example["image"]))
   init = lambda key: ppkt.init_state(model, tx, key, jnp.zeros(layer4.shape), example)
   # Restored onto one device, then replicated: checkpoints load on any device count.
-  one_device = jax.sharding.SingleDeviceSharding(devices[0])
+  one_device = jax.sharding.SingleDeviceSharding(local_devices[0])
   abstract_state = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one_device),
       jax.eval_shape(init, jax.random.key(config.seed)))
@@ -158,7 +169,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   def save(step, state, force=False):
     if force:  # a save still in flight would make the manager skip this one
       manager.wait_until_finished()
-    host_state = _unreplicate(state)
+    # As NumPy: every process holds the same values, and process 0 writes them.
+    host_state = jax.device_get(_unreplicate(state))
     student = {"params": host_state.params["student"],
                "batch_stats": host_state.batch_stats.get("student", {})}
     manager.save(step, force=force, args=ocp.args.Composite(
@@ -180,7 +192,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   batches = pipeline.prefetch(dataset, start=start)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   board = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard")) if is_lead else None
-  frames_per_step = len(devices) * config.per_device_batch * jax.process_count()
+  frames_per_step = len(devices) * config.per_device_batch
   bar = tqdm.tqdm(total=config.total_steps, initial=start, disable=not is_lead,
                   desc="pretraining")
   last = {}
@@ -189,7 +201,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     for step in range(start, end):
       tick = time.perf_counter()
       state, metrics = step_fn(state, teacher_variables, next(batches))
-      metrics = jax.tree.map(lambda x: float(np.asarray(x)[0]), metrics)
+      metrics = jax.tree.map(float, jax.device_get(_unreplicate(metrics)))
       if not np.isfinite(metrics["loss"]):
         raise FloatingPointError(f"non-finite loss {metrics['loss']} at step {step + 1}; the "
                                  f"last good checkpoint in {workdir} is left as it was")
