@@ -224,3 +224,20 @@ def test_two_processes_equal_one_process_with_as_many_devices(uninterrupted, tmp
   for x, y in zip(jax.tree.leaves(a["state"]), jax.tree.leaves(b["state"]), strict=True):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(finals[0]["loss"], finals[2]["loss"], rtol=1e-5)
+
+
+def test_teacher_cache_run_matches_the_uncached_run(uninterrupted, tmp_path):
+  config, _, _ = uninterrupted
+  results = {}
+  for cache in (False, True):
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.total_steps, c.pairs.views_per_frame, c.teacher.cache = 4, 2, cache
+    results[cache] = trainer.train(c, str(tmp_path / f"cache_{cache}"), template=common.base())
+  assert os.path.exists(tmp_path / "cache_True" / "teacher_cache" / "cache.json")
+  assert not os.path.exists(tmp_path / "cache_False" / "teacher_cache")
+  for key in ("loss", "pair_accuracy", "param_norm"):
+    assert results[True][key] == pytest.approx(results[False][key], rel=2e-3), key
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.teacher.cache = True  # views_per_frame = 0: fresh crops cannot be cached
+  with pytest.raises(ValueError, match="views_per_frame > 0"):
+    trainer.train(c, str(tmp_path / "fresh"))

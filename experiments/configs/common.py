@@ -25,11 +25,17 @@ def base() -> ml_collections.ConfigDict:
   # (of every device with loss.global_negatives), so K = num_pairs x global batch.
   c.pairs = ml_collections.ConfigDict(dict(
       image_hw=(240, 320), num_points=8192, num_pairs=512, crop_scale=(0.5, 1.0),
-      flip_probability=0.5, max_rotation=math.pi, scale_range=(0.9, 1.1), jitter_sigma=0.005,
+      flip_probability=0.5,
+      views_per_frame=0,  # 0: a fresh crop every use; V > 0: V fixed views (cacheable)
+      max_rotation=math.pi, scale_range=(0.9, 1.1), jitter_sigma=0.005,
       jitter_clip=0.02))
   c.teacher = ml_collections.ConfigDict(dict(
       arch="resnet50",
       checkpoint="",  # from experiments/convert_weights.py; empty = random (warns)
+      # Compute layer4 of every view once (needs pairs.views_per_frame > 0), in cache_dir
+      # (default <workdir>/teacher_cache), and skip the teacher in the step.
+      cache=False,
+      cache_dir="",
   ))
   c.student = "pointnet2_seg"
   c.projection_dim = 128

@@ -51,6 +51,10 @@ class PairConfig:
     crop_scale: range of the crop's area as a fraction of the frame (torchvision's scale).
     crop_ratio: range of the crop's aspect ratio relative to `image_hw`'s (log-uniform).
     flip_probability: probability of a horizontal flip of the teacher's image.
+    views_per_frame: 0 draws a fresh crop and flip every time a frame is used; V > 0 fixes V
+      views (crop + flip) per frame, drawn once from (seed, frame index, view), and each use
+      picks one of them, so the teacher's features of every view can be cached
+      (`p2p_jax.data.teacher_cache`). The 3D augmentations stay fresh either way.
     max_rotation: rotation about the gravity axis z, uniform in [-max, max] radians.
     scale_range: isotropic scaling of the points, uniform in the range.
     jitter_sigma: standard deviation of Gaussian point jitter, in metres.
@@ -65,6 +69,7 @@ class PairConfig:
   crop_scale: tuple[float, float] = (0.5, 1.0)
   crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
   flip_probability: float = 0.5
+  views_per_frame: int = 0
   max_rotation: float = math.pi
   scale_range: tuple[float, float] = (0.9, 1.1)
   jitter_sigma: float = 0.005
@@ -95,20 +100,44 @@ def random_crop(rng: np.random.Generator, frame_hw: tuple[int, int],
   return (height - h) // 2, (width - w) // 2, h, w
 
 
-def augment_frame(record: dict[str, Any], rng: np.random.Generator,
-                  config: PairConfig) -> dict[str, np.ndarray]:
+def frame_view(index: int, view: int, seed: int, frame_hw: tuple[int, int],
+               config: PairConfig) -> tuple[tuple[int, int, int, int], bool]:
+  """The crop box and flip of fixed view `view` of the frame at source `index`."""
+  rng = np.random.default_rng([seed, index, view])
+  crop = random_crop(rng, frame_hw, config)
+  return crop, bool(rng.uniform() < config.flip_probability)
+
+
+def teacher_image(image: np.ndarray, crop: tuple[int, int, int, int], flip: bool,
+                  image_hw: tuple[int, int]) -> np.ndarray:
+  """The teacher's input: the crop box (top, left, height, width) resized (bilinear) to
+  `image_hw`, then flipped horizontally when `flip`."""
+  top, left, h, w = crop
+  out = Image.fromarray(image).resize((image_hw[1], image_hw[0]), Image.BILINEAR,
+                                      box=(left, top, left + w, top + h))
+  out = np.asarray(out)
+  return np.ascontiguousarray(out[:, ::-1] if flip else out)
+
+
+def augment_frame(record: dict[str, Any], rng: np.random.Generator, config: PairConfig, *,
+                  seed: int = 0, cache=None) -> dict[str, np.ndarray]:
   """Host half: draws a frame's augmentation and makes the teacher's image.
 
   Args:
-    record: a frame with the `FRAME_FIELDS` (the `scannet_frames` features).
+    record: a frame with the `FRAME_FIELDS` (the `scannet_frames` features), and its source
+      "index" when `config.views_per_frame` > 0.
     rng: the frame's generator; the output is a function of the record and the generator.
     config: the pipeline configuration.
+    seed: the run's seed, which fixes the views when `config.views_per_frame` > 0.
+    cache: a `teacher_cache.TeacherCache` of the views: the output then carries the cached
+      "layer4" of the chosen view instead of the "image".
 
   Returns:
-    Fixed-shape arrays: "image" uint8 [h, w, 3] (the augmented teacher input), "frame_image"
-    uint8 [H, W, 3] (the whole frame, for point colours), "depth" uint16 [H, W], the camera
-    fields, "crop" int32 (top, left, height, width), "flip" bool, "rotation" and "scale"
-    float32, "seed" uint32 (for the device half's sampling and jitter), "frame" int32.
+    Fixed-shape arrays: "image" uint8 [h, w, 3] (the augmented teacher input) or, with a
+    cache, "layer4" float16 [h', w', C] (its teacher features), "frame_image" uint8 [H, W, 3]
+    (the whole frame, for point colours), "depth" uint16 [H, W], the camera fields, "crop"
+    int32 (top, left, height, width), "flip" bool, "rotation" and "scale" float32, "seed"
+    uint32 (for the device half's sampling and jitter), "frame" int32.
   """
   image = np.asarray(record["image"], np.uint8)
   depth = np.asarray(record["depth"])
@@ -116,23 +145,27 @@ def augment_frame(record: dict[str, Any], rng: np.random.Generator,
     raise ValueError(f"frame {record.get('scene', '?')}/{record.get('frame', '?')}: image "
                      f"{image.shape} does not match depth {depth.shape} (build scannet_frames, "
                      "which resizes colour to the depth resolution)")
-  top, left, h, w = random_crop(rng, depth.shape, config)
-  flip = bool(rng.uniform() < config.flip_probability)
-  out_h, out_w = config.image_hw
-  teacher = Image.fromarray(image).resize((out_w, out_h), Image.BILINEAR,
-                                          box=(left, top, left + w, top + h))
-  teacher = np.asarray(teacher)
-  if flip:
-    teacher = teacher[:, ::-1]
+  if config.views_per_frame:
+    view = int(rng.integers(config.views_per_frame))
+    crop, flip = frame_view(int(record["index"]), view, seed, depth.shape, config)
+  else:
+    if cache is not None:
+      raise ValueError("a teacher cache needs fixed views: set views_per_frame > 0")
+    crop = random_crop(rng, depth.shape, config)
+    flip = bool(rng.uniform() < config.flip_probability)
+  if cache is None:
+    teacher = {"image": teacher_image(image, crop, flip, config.image_hw)}
+  else:
+    teacher = {"layer4": cache.features(int(record["index"]))[view]}
   return {
-      "image": np.ascontiguousarray(teacher),
+      **teacher,
       "frame_image": image,
       "depth": depth.astype(np.uint16),
       "depth_intrinsics": np.asarray(record["depth_intrinsics"], np.float32),
       "color_intrinsics": np.asarray(record["color_intrinsics"], np.float32),
       "color_from_depth": np.asarray(record["color_from_depth"], np.float32),
       "cam_to_world": np.asarray(record["cam_to_world"], np.float32),
-      "crop": np.array([top, left, h, w], np.int32),
+      "crop": np.array(crop, np.int32),
       "flip": np.array(flip),
       "rotation": np.float32(rng.uniform(-config.max_rotation, config.max_rotation)),
       "scale": np.float32(rng.uniform(*config.scale_range)),
@@ -195,7 +228,6 @@ def _pairs_one(frame: dict[str, jax.Array], config: PairConfig) -> dict[str, jax
                     -config.jitter_clip, config.jitter_clip)
   points = jnp.where(mask[:, None], geometry.transform_points(augment, points) + jitter, 0.0)
   return {
-      "image": frame["image"],
       "points": points,
       "point_mask": mask,
       "point_colors": jnp.where(mask[:, None], colors, 0.0),
@@ -215,7 +247,8 @@ def make_pairs(batch: dict[str, jax.Array], config: PairConfig) -> dict[str, jax
     config: the pipeline configuration (static).
 
   Returns:
-    With the same leading axes: "image" uint8 [h, w, 3], "points" float32 [N, 3] (augmented),
+    With the same leading axes: "image" uint8 [h, w, 3] (when the batch has it), "points"
+    float32 [N, 3] (augmented),
     "point_mask" [N], "point_colors" float32 [N, 3] in [0, 1], "pair_pixels" int32 [K, 2]
     (row, col) in "image", "pair_points" int32 [K] into the points, "pair_mask" [K], and
     "world_from_points" float32 [4, 4], the inverse of the rotation, scaling and centring.
@@ -224,8 +257,9 @@ def make_pairs(batch: dict[str, jax.Array], config: PairConfig) -> dict[str, jax
   fn = functools.partial(_pairs_one, config=config)
   for _ in range(lead):
     fn = jax.vmap(fn)
-  return fn({k: batch[k] for k in FRAME_FIELDS[:-1] + (
+  out = fn({k: batch[k] for k in FRAME_FIELDS[1:-1] + (
       "frame_image", "crop", "flip", "rotation", "scale", "seed")})
+  return {"image": batch["image"], **out} if "image" in batch else out
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -248,7 +282,8 @@ def pretrain_dataset(source: Sequence[dict[str, Any]],
                      num_epochs: int | None = None,
                      shuffle: bool = True,
                      process_index: int | None = None,
-                     process_count: int | None = None) -> grain.MapDataset:
+                     process_count: int | None = None,
+                     cache=None) -> grain.MapDataset:
   """Host half as a Grain dataset of this process's batches [num_devices, per_device_batch, ...].
 
   Deterministic and independent of how the devices are spread over processes: the frames are
@@ -269,6 +304,8 @@ def pretrain_dataset(source: Sequence[dict[str, Any]],
     shuffle: shuffle the frames each epoch.
     process_index: this process's slice (default `jax.process_index()`).
     process_count: number of processes (default `jax.process_count()`).
+    cache: a `teacher_cache.TeacherCache` of this source's views: batches then carry the
+      teacher's "layer4" features instead of its "image".
 
   Returns:
     A `grain.MapDataset`; index it (`ds[i]`) for random access, or iterate with `prefetch`.
@@ -276,14 +313,17 @@ def pretrain_dataset(source: Sequence[dict[str, Any]],
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   local = num_devices * per_device_batch
-  ds = grain.MapDataset.source(source)
+  # Grain passes later epochs' positions here: the source index is the position mod its size.
+  ds = grain.MapDataset.source(source).map_with_index(
+      lambda i, r: {**r, "index": i % len(source)})
   if len(ds) < local * process_count:
     raise ValueError(f"the source holds {len(ds)} frames, fewer than one global batch of "
                      f"{process_count} processes x {num_devices} devices x {per_device_batch}")
   if shuffle:
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat(num_epochs)
-  ds = ds.random_map(functools.partial(augment_frame, config=config), seed=seed)
+  ds = ds.random_map(functools.partial(augment_frame, config=config, seed=seed, cache=cache),
+                     seed=seed)
   # Lazy: batching and slicing only decide which frames a process reads, so each process
   # reads and augments just its own slice.
   lead = (num_devices, per_device_batch)

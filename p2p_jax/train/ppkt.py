@@ -57,18 +57,21 @@ class PPKTModel(nn.Module):
   projector: nn.Module
   student: nn.Module
 
-  def __call__(self, layer4: jax.Array, batch: dict[str, jax.Array], *, train: bool):
+  def __call__(self, layer4: jax.Array, batch: dict[str, jax.Array], *, train: bool,
+               image_hw: tuple[int, int] | None = None):
     """Pair features of a batch of `make_pairs` outputs.
 
     Args:
-      layer4: [B, h, w, C] teacher features of `batch["image"]`.
+      layer4: [B, h, w, C] teacher features of the teacher's images.
       batch: `make_pairs` outputs with one leading batch axis.
       train: BatchNorm of the student in training mode.
+      image_hw: the teacher's input size, which the pair pixels index (default: that of
+        `batch["image"]`).
 
     Returns:
       (point features [B, K, D], pixel features [B, K, D]), both L2-normalised.
     """
-    image_hw = batch["image"].shape[1:3]
+    image_hw = batch["image"].shape[1:3] if image_hw is None else image_hw
     pixel_feats, _ = self.projector(layer4, image_hw, batch["pair_pixels"])
     point_out, _ = self.student(batch["points"], batch["point_colors"], batch["point_mask"],
                                 train=train)
@@ -115,9 +118,10 @@ def make_schedule(learning_rate: float, total_steps: int, warmup_steps: int = 0)
 
 
 def init_state(model: PPKTModel, tx: optax.GradientTransformation, key: jax.Array,
-               layer4: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
+               layer4: jax.Array, batch: dict[str, jax.Array],
+               image_hw: tuple[int, int] | None = None) -> TrainState:
   """Initial state from example inputs (shapes matter, values do not)."""
-  variables = model.init(key, layer4, batch, train=False)
+  variables = model.init(key, layer4, batch, train=False, image_hw=image_hw)
   return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                     batch_stats=variables.get("batch_stats", {}),
                     opt_state=tx.init(variables["params"]))
@@ -137,7 +141,8 @@ def train_step(state: TrainState, teacher_variables: Any, host_batch: dict[str, 
   Args:
     state: this device's replica of the state.
     teacher_variables: the frozen teacher's {"params", "batch_stats"}.
-    host_batch: this device's [per_device, ...] host batch from `pipeline.pretrain_dataset`.
+    host_batch: this device's [per_device, ...] host batch from `pipeline.pretrain_dataset`;
+      with a teacher cache it carries the teacher's "layer4" and the teacher is not run.
     model: the trainable model (its student's BatchNorm must use `bn_axis_name=AXIS`).
     teacher: the teacher network.
     tx: the optimiser.
@@ -149,7 +154,11 @@ def train_step(state: TrainState, teacher_variables: Any, host_batch: dict[str, 
     (new state, metrics): the metrics are means over all devices' pairs.
   """
   batch = pipeline.make_pairs(host_batch, pair_config)
-  layer4, _ = resnet.frozen_features(teacher, teacher_variables, resnet.preprocess(batch["image"]))
+  if "layer4" in host_batch:  # from a teacher cache (p2p_jax.data.teacher_cache)
+    layer4 = host_batch["layer4"].astype(jnp.float32)
+  else:
+    layer4, _ = resnet.frozen_features(teacher, teacher_variables,
+                                       resnet.preprocess(batch["image"]))
   layer4 = lax.stop_gradient(layer4)
   where = batch["pair_mask"].reshape(-1)
   devices = lax.psum(1, AXIS)
@@ -160,7 +169,7 @@ def train_step(state: TrainState, teacher_variables: Any, host_batch: dict[str, 
   def loss_fn(params):
     (point_feats, pixel_feats), updates = model.apply(
         {"params": params, "batch_stats": state.batch_stats}, layer4, batch, train=True,
-        mutable=["batch_stats"])
+        mutable=["batch_stats"], image_hw=pair_config.image_hw)
     per_pair = losses.pixel_to_point_info_nce(
         flat(point_feats), flat(pixel_feats), temperature=loss_config.temperature, where=where,
         axis_name=negatives_axis, symmetric=loss_config.symmetric)

@@ -30,7 +30,7 @@ import tensorboardX
 import tqdm
 from jax.experimental import multihost_utils
 
-from p2p_jax.data import pipeline
+from p2p_jax.data import pipeline, teacher_cache
 from p2p_jax.models import convert, pointnet2, projector, resnet
 from p2p_jax.train import ppkt
 
@@ -60,7 +60,8 @@ def pair_config(config: ml_collections.ConfigDict) -> pipeline.PairConfig:
   return pipeline.PairConfig(
       image_hw=tuple(p.image_hw), num_points=p.num_points, num_pairs=p.num_pairs,
       crop_scale=tuple(p.crop_scale), flip_probability=p.flip_probability,
-      max_rotation=p.max_rotation, scale_range=tuple(p.scale_range),
+      views_per_frame=p.views_per_frame, max_rotation=p.max_rotation,
+      scale_range=tuple(p.scale_range),
       jitter_sigma=p.jitter_sigma, jitter_clip=p.jitter_clip)
 
 
@@ -85,6 +86,28 @@ def load_teacher(config: ml_collections.ConfigDict, image_hw):
                   "exercises the code but transfers no knowledge")
   images = jnp.zeros((1,) + tuple(image_hw) + (3,))
   return teacher, jax.jit(teacher.init)(jax.random.key(config.seed + 1), images)
+
+
+def open_teacher_cache(config: ml_collections.ConfigDict, workdir: str, source, teacher,
+                       teacher_variables, pairs: pipeline.PairConfig):
+  """Opens the run's teacher cache; process 0 builds it first when it is missing."""
+  if not pairs.views_per_frame:
+    raise ValueError("teacher.cache needs pairs.views_per_frame > 0: the cache holds the "
+                     "features of fixed views, and fresh random crops cannot be cached")
+  directory = config.teacher.cache_dir or os.path.join(workdir, "teacher_cache")
+  metadata = teacher_cache.cache_metadata(
+      teacher=config.teacher.arch, num_frames=len(source), seed=config.seed, config=pairs,
+      checkpoint=os.path.abspath(config.teacher.checkpoint) if config.teacher.checkpoint else
+      f"random init, seed {config.seed + 1}",
+      data=[os.path.abspath(config.data.data_dir), config.data.frames_config, config.data.split])
+  if jax.process_index() == 0 and not os.path.exists(
+      os.path.join(directory, teacher_cache.METADATA)):
+    teacher_cache.build_cache(directory, source,
+                              teacher_cache.teacher_layer4(teacher, teacher_variables), pairs,
+                              seed=config.seed, metadata=metadata)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("teacher cache built")
+  return teacher_cache.TeacherCache(directory, metadata)
 
 
 def _unreplicate(tree):
@@ -122,12 +145,15 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("data prepared")
   source = load_frames(config.data)
+  teacher, teacher_variables = load_teacher(config, pairs.image_hw)
+  cache = None
+  if config.teacher.cache:  # the teacher's features of fixed views, computed once
+    cache = open_teacher_cache(config, workdir, source, teacher, teacher_variables, pairs)
   dataset = pipeline.pretrain_dataset(source, pairs, seed=config.seed,
                                       num_devices=len(local_devices),
-                                      per_device_batch=config.per_device_batch)
+                                      per_device_batch=config.per_device_batch, cache=cache)
 
   # Models and optimiser.
-  teacher, teacher_variables = load_teacher(config, pairs.image_hw)
   model = ppkt.PPKTModel(
       projector=projector.UpsamplingProjector(features=config.projection_dim),
       student=pointnet2.PointModel(STUDENTS[config.student](bn_axis_name=ppkt.AXIS),
@@ -138,11 +164,17 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                            total_steps=config.total_steps, warmup_steps=o.warmup_steps,
                            momentum=o.momentum)
   # Initialisation needs only shapes: one device's share of a batch, and its teacher features.
+  first = dataset[0]
   example = jax.tree.map(lambda s: jnp.zeros(s.shape[1:], s.dtype), jax.eval_shape(
-      lambda b: pipeline.make_pairs(b, pairs), dataset[0]))
-  layer4 = jax.eval_shape(lambda v, x: teacher.apply(v, x)[0], teacher_variables,
-                          resnet.preprocess(example["image"]))
-  init = lambda key: ppkt.init_state(model, tx, key, jnp.zeros(layer4.shape), example)
+      lambda b: pipeline.make_pairs(b, pairs), first))
+  if cache is None:
+    layer4 = jax.eval_shape(lambda v, x: teacher.apply(v, x)[0], teacher_variables,
+                            resnet.preprocess(example["image"])).shape
+  else:
+    layer4 = first["layer4"].shape[1:]
+    teacher_variables = {}  # the step reads the cache instead
+  init = lambda key: ppkt.init_state(model, tx, key, jnp.zeros(layer4), example,
+                                     image_hw=pairs.image_hw)
   # Restored onto one device, then replicated: checkpoints load on any device count.
   one_device = jax.sharding.SingleDeviceSharding(local_devices[0])
   abstract_state = jax.tree.map(
@@ -184,7 +216,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                                      global_negatives=config.loss.global_negatives,
                                      symmetric=config.loss.symmetric), schedule=schedule)
   state = ppkt.replicate(state, devices)
-  teacher_variables = ppkt.replicate(teacher_variables, devices)
+  if teacher_variables:
+    teacher_variables = ppkt.replicate(teacher_variables, devices)
 
   # Loop.
   terminated = []
