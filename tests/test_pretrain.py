@@ -21,7 +21,8 @@ from tensorboardX.proto import event_pb2
 from experiments.configs import common
 from p2p_jax.train import trainer
 
-CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob("experiments/configs/ppkt_*.py"))
+CONFIGS = sorted(os.path.basename(p)[:-3] for pattern in ("ppkt_*.py", "pointcontrast_*.py")
+                 for p in glob.glob(f"experiments/configs/{pattern}"))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -241,3 +242,23 @@ def test_teacher_cache_run_matches_the_uncached_run(uninterrupted, tmp_path):
   c.teacher.cache = True  # views_per_frame = 0: fresh crops cannot be cached
   with pytest.raises(ValueError, match="views_per_frame > 0"):
     trainer.train(c, str(tmp_path / "fresh"))
+
+
+def test_pointcontrast_runlocal_trains_through_the_same_loop(uninterrupted, tmp_path):
+  ppkt_config, _, _ = uninterrupted
+  config = runlocal(tmp_path, "pointcontrast_synthetic")
+  config.data.manual_dir, config.data.data_dir = (ppkt_config.data.manual_dir,
+                                                  ppkt_config.data.data_dir)
+  workdir = str(tmp_path / "work")
+  last = trainer.train(config, workdir, template=common.base())
+  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  losses = [r["loss"] for r in records]
+  assert last["step"] == 20 and np.mean(losses[-5:]) < np.mean(losses[:5]), losses
+  _, restored = restore_state(workdir)
+  # The same student item as PPKT's, so fine-tuning loads either.
+  _, ppkt_restored = restore_state(uninterrupted[1])
+  assert (jax.tree.structure(restored["student"]) ==
+          jax.tree.structure(ppkt_restored["student"]))
+  config.method = "bogus"
+  with pytest.raises(ValueError, match="unknown method 'bogus'"):
+    trainer.train(config, str(tmp_path / "bogus"))

@@ -11,6 +11,7 @@ import ml_collections
 
 def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
+  c.method = "ppkt"  # or "pointcontrast", the 3D-to-3D baseline
   c.seed = 0
   c.data = ml_collections.ConfigDict(dict(
       manual_dir="",           # a ScanNet export, or where synthetic rooms are generated
@@ -37,6 +38,13 @@ def base() -> ml_collections.ConfigDict:
       cache=False,
       cache_dir="",
   ))
+  # PointContrast (method "pointcontrast"): frame pairs whose clouds overlap by min_overlap
+  # (voxel_size voxels; a point matches within match_radius_voxels of the other cloud), within
+  # max_frame_distance frame ids (0: any two frames of a scene); num_matches per pair. Points
+  # per view, rotation and scaling are those of `pairs`.
+  c.pointcontrast = ml_collections.ConfigDict(dict(
+      voxel_size=0.05, match_radius_voxels=1.5, min_overlap=0.3, max_frame_distance=0,
+      num_matches=512, full_rotation=False))
   c.student = "pointnet2_seg"
   c.projection_dim = 128
   c.loss = ml_collections.ConfigDict(dict(temperature=0.04, global_negatives=True,

@@ -1,4 +1,9 @@
-"""The PPKT pretraining loop: setup -> data -> models -> restore -> steps -> checkpoints.
+"""The pretraining loop: setup -> data -> models -> restore -> steps -> checkpoints.
+
+One loop for both methods, chosen by `config.method`: "ppkt" (pixel-to-point against a frozen
+2D teacher, `setup_ppkt`) and "pointcontrast" (3D-to-3D on overlapping frame pairs, the
+baseline, `setup_pointcontrast`). Each gives the loop its data, initial state and pmapped
+step; checkpoints, logging and resumption are shared, and so is the saved "student".
 
 Readable top to bottom, big_vision style. A run lives in its work dir: `checkpoints/` (Orbax:
 the replicated-once state, the student's variables on their own for downstream loading, and
@@ -30,9 +35,9 @@ import tensorboardX
 import tqdm
 from jax.experimental import multihost_utils
 
-from p2p_jax.data import pipeline, teacher_cache
+from p2p_jax.data import frame_pairs, pipeline, teacher_cache
 from p2p_jax.models import convert, pointnet2, projector, resnet
-from p2p_jax.train import ppkt
+from p2p_jax.train import pointcontrast, ppkt
 
 STUDENTS = {"pointnet2_seg": pointnet2.PointNet2Seg, "pointnet2_tiny": pointnet2.PointNet2Tiny}
 
@@ -110,6 +115,85 @@ def open_teacher_cache(config: ml_collections.ConfigDict, workdir: str, source, 
   return teacher_cache.TeacherCache(directory, metadata)
 
 
+def _loss_config(config, cls):
+  return cls(temperature=config.loss.temperature, global_negatives=config.loss.global_negatives,
+             symmetric=config.loss.symmetric)
+
+
+def setup_ppkt(config, workdir, source, *, student, tx, schedule, devices):
+  """PPKT: pixel-to-point pairs of single frames against the frozen 2D teacher.
+
+  Returns:
+    (dataset of this process's host batches, init(key) -> TrainState,
+     step(state, host_batch) -> (state, metrics) pmapped over `devices`).
+  """
+  pairs = pair_config(config)
+  teacher, teacher_variables = load_teacher(config, pairs.image_hw)
+  cache = None
+  if config.teacher.cache:  # the teacher's features of fixed views, computed once
+    cache = open_teacher_cache(config, workdir, source, teacher, teacher_variables, pairs)
+  dataset = pipeline.pretrain_dataset(source, pairs, seed=config.seed,
+                                      num_devices=jax.local_device_count(),
+                                      per_device_batch=config.per_device_batch, cache=cache)
+  model = ppkt.PPKTModel(projector=projector.UpsamplingProjector(features=config.projection_dim),
+                         student=student)
+  # Initialisation needs only shapes: one device's share of a batch, and its teacher features.
+  first = dataset[0]
+  example = jax.tree.map(lambda s: jnp.zeros(s.shape[1:], s.dtype), jax.eval_shape(
+      lambda b: pipeline.make_pairs(b, pairs), first))
+  if cache is None:
+    layer4 = jax.eval_shape(lambda v, x: teacher.apply(v, x)[0], teacher_variables,
+                            resnet.preprocess(example["image"])).shape
+    teacher_variables = ppkt.replicate(teacher_variables, devices)
+  else:
+    layer4 = first["layer4"].shape[1:]
+    teacher_variables = {}  # the step reads the cache instead
+  init = lambda key: ppkt.init_state(model, tx, key, jnp.zeros(layer4), example,
+                                     image_hw=pairs.image_hw)
+  step = ppkt.make_train_step(devices=devices, model=model, teacher=teacher, tx=tx,
+                              pair_config=pairs, schedule=schedule,
+                              loss_config=_loss_config(config, ppkt.LossConfig))
+  return dataset, init, lambda state, batch: step(state, teacher_variables, batch)
+
+
+def setup_pointcontrast(config, workdir, source, *, student, tx, schedule, devices):
+  """PointContrast: matched points of overlapping frame pairs, 3D against 3D.
+
+  The pair list is computed once (by process 0) and stored with the dataset. Returns what
+  `setup_ppkt` returns.
+  """
+  del workdir
+  from datasets.scannet_frames import make_pairs  # pylint: disable=g-import-not-at-top
+  c = config.pointcontrast
+  overlap = frame_pairs.OverlapConfig(
+      voxel_size=c.voxel_size, match_radius_voxels=c.match_radius_voxels,
+      min_overlap=c.min_overlap, max_frame_distance=c.max_frame_distance or None)
+  d = config.data
+  if jax.process_index() == 0:
+    make_pairs.make_pairs(d.data_dir, d.split, d.frames_config, overlap)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("frame pairs computed")
+  pairs = make_pairs.make_pairs(d.data_dir, d.split, d.frames_config, overlap, progress=False)
+  matches = frame_pairs.MatchConfig(
+      num_points=config.pairs.num_points, num_matches=c.num_matches,
+      match_radius=c.voxel_size * c.match_radius_voxels, max_rotation=config.pairs.max_rotation,
+      full_rotation=c.full_rotation, scale_range=tuple(config.pairs.scale_range))
+  dataset = pointcontrast.pointcontrast_dataset(
+      source, pairs, matches, seed=config.seed, num_devices=jax.local_device_count(),
+      per_device_batch=config.per_device_batch)
+  model = pointcontrast.PointContrastModel(student=student)
+  example = jax.tree.map(lambda s: jnp.zeros(s.shape[1:], s.dtype), jax.eval_shape(
+      lambda b: frame_pairs.make_matches(b, matches), dataset[0]))
+  init = lambda key: pointcontrast.init_state(model, tx, key, example)
+  step = pointcontrast.make_train_step(
+      devices=devices, model=model, tx=tx, match_config=matches,
+      loss_config=_loss_config(config, pointcontrast.LossConfig), schedule=schedule)
+  return dataset, init, step
+
+
+METHODS = {"ppkt": setup_ppkt, "pointcontrast": setup_pointcontrast}
+
+
 def _unreplicate(tree):
   return jax.tree.map(lambda x: x[0], tree)
 
@@ -137,7 +221,6 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   devices = jax.devices()  # the pmapped step's, across all processes
   local_devices = jax.local_devices()
   is_lead = jax.process_index() == 0
-  pairs = pair_config(config)
 
   # Data: process 0 prepares it; every process then reads its own slice of each batch.
   if is_lead:
@@ -145,36 +228,19 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("data prepared")
   source = load_frames(config.data)
-  teacher, teacher_variables = load_teacher(config, pairs.image_hw)
-  cache = None
-  if config.teacher.cache:  # the teacher's features of fixed views, computed once
-    cache = open_teacher_cache(config, workdir, source, teacher, teacher_variables, pairs)
-  dataset = pipeline.pretrain_dataset(source, pairs, seed=config.seed,
-                                      num_devices=len(local_devices),
-                                      per_device_batch=config.per_device_batch, cache=cache)
 
-  # Models and optimiser.
-  model = ppkt.PPKTModel(
-      projector=projector.UpsamplingProjector(features=config.projection_dim),
-      student=pointnet2.PointModel(STUDENTS[config.student](bn_axis_name=ppkt.AXIS),
-                                   pointnet2.ProjectionHead(config.projection_dim)))
+  # Optimiser, then the method's data, model and step.
   o = config.optimizer
   schedule = ppkt.make_schedule(o.learning_rate, config.total_steps, o.warmup_steps)
   tx = ppkt.make_optimizer(o.name, learning_rate=o.learning_rate, weight_decay=o.weight_decay,
                            total_steps=config.total_steps, warmup_steps=o.warmup_steps,
                            momentum=o.momentum)
-  # Initialisation needs only shapes: one device's share of a batch, and its teacher features.
-  first = dataset[0]
-  example = jax.tree.map(lambda s: jnp.zeros(s.shape[1:], s.dtype), jax.eval_shape(
-      lambda b: pipeline.make_pairs(b, pairs), first))
-  if cache is None:
-    layer4 = jax.eval_shape(lambda v, x: teacher.apply(v, x)[0], teacher_variables,
-                            resnet.preprocess(example["image"])).shape
-  else:
-    layer4 = first["layer4"].shape[1:]
-    teacher_variables = {}  # the step reads the cache instead
-  init = lambda key: ppkt.init_state(model, tx, key, jnp.zeros(layer4), example,
-                                     image_hw=pairs.image_hw)
+  student = pointnet2.PointModel(STUDENTS[config.student](bn_axis_name=ppkt.AXIS),
+                                 pointnet2.ProjectionHead(config.projection_dim))
+  if config.method not in METHODS:
+    raise ValueError(f"unknown method {config.method!r}; expected one of {sorted(METHODS)}")
+  dataset, init, step_fn = METHODS[config.method](
+      config, workdir, source, student=student, tx=tx, schedule=schedule, devices=devices)
   # Restored onto one device, then replicated: checkpoints load on any device count.
   one_device = jax.sharding.SingleDeviceSharding(local_devices[0])
   abstract_state = jax.tree.map(
@@ -209,15 +275,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         state=ocp.args.StandardSave(host_state), student=ocp.args.StandardSave(student),
         data=ocp.args.JsonSave({"next_batch": step})))
 
-  # The step.
-  step_fn = ppkt.make_train_step(devices=devices, model=model, teacher=teacher, tx=tx,
-                                 pair_config=pairs, loss_config=ppkt.LossConfig(
-                                     temperature=config.loss.temperature,
-                                     global_negatives=config.loss.global_negatives,
-                                     symmetric=config.loss.symmetric), schedule=schedule)
   state = ppkt.replicate(state, devices)
-  if teacher_variables:
-    teacher_variables = ppkt.replicate(teacher_variables, devices)
 
   # Loop.
   terminated = []
@@ -233,7 +291,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   try:
     for step in range(start, end):
       tick = time.perf_counter()
-      state, metrics = step_fn(state, teacher_variables, next(batches))
+      state, metrics = step_fn(state, next(batches))
       metrics = jax.tree.map(float, jax.device_get(_unreplicate(metrics)))
       if not np.isfinite(metrics["loss"]):
         raise FloatingPointError(f"non-finite loss {metrics['loss']} at step {step + 1}; the "
