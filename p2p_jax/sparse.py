@@ -1,0 +1,446 @@
+"""Sparse 3D convolution with static shapes, from gather kernel maps (MinkowskiEngine-style).
+
+A batch of B voxelised clouds is a `SparseTensor` of B * capacity rows: cloud b owns rows
+[b * capacity, (b + 1) * capacity), the first of them occupied (`mask`), the rest padding.
+Coordinates are integer voxel indices of the level (level l holds floor(level-0 coords / 2^l)),
+so a 3x3x3 convolution at any level uses the offsets {-1, 0, 1}^3, as MinkowskiEngine's
+convolutions at tensor stride 2^l do.
+
+Kernel maps are built once per level and shared by every convolution of that level:
+
+- `kernel_map`: for each voxel and each of the K^3 offsets, the row of the voxel at that offset
+  (or the sentinel M = number of rows). Coordinates are encoded, per cloud, as
+  ((i - i0) * Ej + (j - j0)) * Ek + (k - k0) with the cloud's bounding box origin and the
+  box extents, keys are sorted once, and the K^2 columns (di, dj) of the kernel are found by
+  `searchsorted`; the K voxels along k of one column are consecutive in key order, so they
+  are read off the next K sorted keys. Exact (no hashing collisions) while the box has fewer
+  than 2^31 voxels; a larger box is reported, never silently aliased.
+- `coarsen`: the 2x2x2 stride-2 map between a level and the next, from a lexicographic sort
+  of floor(coords / 2): each coarse voxel's 8 children (`children`) and each fine voxel's slot
+  among its parent's (`child_slot`).
+
+Convolutions are written as gathers and matmuls only. `conv` gathers the K^3 neighbours of
+every output row ([M, K^3 * C_in], in chunks of offsets to bound memory) and multiplies once by
+the [K^3 * C_in, C_out] kernel. Its input gradient is the same convolution with the mirrored
+kernel map, which for a stride-1 map is the map itself with reversed offsets, so no scatter-add
+is needed (XLA:CPU runs scatter-adds serially). The strided and transposed convolutions are
+each other's adjoints and likewise gather in both directions. Weight gradients are x^T g with
+x transposed explicitly, as in `models.layers.PointwiseDense`.
+
+Capacity overflow (voxels that did not fit into a level's capacity) and key-range overflow are
+returned as counts; `report_overflow` turns them into a warning or an error on the host.
+
+Kernel layout: [K^3, C_in, C_out] with offset (di, dj, dk) at index
+((di + r) * K + (dj + r)) * K + (dk + r), r = K // 2 (a cross-correlation, as
+`jax.lax.conv_general_dilated` and `torch.nn.functional.conv3d`); the stride-2 kernels
+[8, C_in, C_out] hold offset (pi, pj, pk) in {0, 1}^3 at index 4 pi + 2 pj + pk, coarse voxel p
+covering fine voxels 2 p + offset.
+"""
+
+import functools
+import warnings
+from typing import NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from p2p_jax import geometry
+
+_BIG = np.iinfo(np.int32).max
+# Gathered floats per chunk of kernel offsets in `conv` (32 MiB): larger chunks make fewer,
+# larger matmuls; smaller ones bound the [M, offsets * C_in] temporary.
+_CHUNK_ELEMENTS = 1 << 23
+
+
+class SparseTensor(flax.struct.PyTreeNode):
+  """B clouds of voxels with features, `capacity` rows per cloud.
+
+  Attributes:
+    coords: [B * capacity, 4] int32 (batch index, i, j, k); (b, 0, 0, 0) in padding rows.
+    features: [B * capacity, C].
+    mask: [B * capacity] bool, True for occupied rows.
+    batch_size: B (static).
+  """
+  coords: jax.Array
+  features: jax.Array
+  mask: jax.Array
+  batch_size: int = flax.struct.field(pytree_node=False)
+
+  @property
+  def capacity(self) -> int:
+    """Rows per cloud."""
+    return self.coords.shape[0] // self.batch_size
+
+  def replace_features(self, features: jax.Array) -> "SparseTensor":
+    return self.replace(features=features)
+
+
+class KernelMap(NamedTuple):
+  """Stride-1 kernel map of one level.
+
+  Attributes:
+    neighbours: [M, K^3] int32 row of the voxel at each offset; M (the number of rows) where
+      there is none, and for every offset of a padding row.
+  """
+  neighbours: jax.Array
+
+
+class StrideMap(NamedTuple):
+  """2x2x2 stride-2 map between a fine level (M_f rows) and the next coarser one (M_c rows).
+
+  Attributes:
+    children: [M_c, 8] int32 fine row at each offset of a coarse voxel; M_f where none.
+    child_slot: [M_f] int32 8 * parent row + offset of each fine voxel; 8 * M_c for padding
+      rows and voxels whose parent did not fit.
+    parent: [M_f] int32 parent row of each fine voxel; M_c where none.
+  """
+  children: jax.Array
+  child_slot: jax.Array
+  parent: jax.Array
+
+
+def _batch_offsets(batch_size: int, shape_tail: tuple[int, ...], stride: int) -> jax.Array:
+  return (jnp.arange(batch_size, dtype=jnp.int32) * stride).reshape((batch_size,) + (1,) *
+                                                                    len(shape_tail))
+
+
+def _to_global(local: jax.Array, local_size: int, batch_size: int) -> jax.Array:
+  """Per-cloud indices [B, ...] in [0, local_size] (local_size = none) -> rows of the batch."""
+  offset = _batch_offsets(batch_size, local.shape[1:], local_size)
+  return jnp.where(local >= local_size, batch_size * local_size, local + offset).reshape(-1)
+
+
+def _with_batch(coords: jax.Array, batch_size: int) -> jax.Array:
+  """[B, cap, 3] -> [B * cap, 4] with the batch index first."""
+  capacity = coords.shape[1]
+  b = jnp.broadcast_to(jnp.arange(batch_size, dtype=jnp.int32)[:, None, None],
+                       (batch_size, capacity, 1))
+  return jnp.concatenate([b, coords], axis=-1).reshape(-1, 4)
+
+
+def _unique_one(coords: jax.Array, mask: jax.Array, capacity: int):
+  """Distinct valid rows of coords [n, 3] in lexicographic order, at most `capacity` of them."""
+  n = coords.shape[0]
+  invalid, c0, c1, c2, perm = lax.sort(
+      (1 - mask.astype(jnp.int32), coords[:, 0], coords[:, 1], coords[:, 2],
+       jnp.arange(n, dtype=jnp.int32)), num_keys=4)
+  changed = (c0[1:] != c0[:-1]) | (c1[1:] != c1[:-1]) | (c2[1:] != c2[:-1])
+  starts = jnp.concatenate([jnp.ones((1,), bool), changed]) & (invalid == 0)
+  slot = jnp.cumsum(starts, dtype=jnp.int32) - 1
+  count = jnp.sum(starts, dtype=jnp.int32)
+  slot = jnp.where((invalid == 0) & (slot < capacity), slot, capacity)
+  inverse = jnp.zeros((n,), jnp.int32).at[perm].set(slot)
+  unique = jnp.zeros((capacity, 3), jnp.int32).at[slot].set(
+      jnp.stack([c0, c1, c2], axis=-1), mode="drop")
+  unique_mask = jnp.arange(capacity) < jnp.minimum(count, capacity)
+  return unique, unique_mask, inverse, jnp.maximum(count - capacity, 0)
+
+
+def _kernel_map_one(coords: jax.Array, mask: jax.Array, kernel_size: int):
+  """Neighbour table [cap, K^3] (cap = none) of one cloud, and 1 if its key range overflows."""
+  cap = coords.shape[0]
+  r = kernel_size // 2
+  any_valid = jnp.any(mask)
+  lo = jnp.where(any_valid, jnp.min(jnp.where(mask[:, None], coords, _BIG), axis=0), 0)
+  hi = jnp.where(any_valid, jnp.max(jnp.where(mask[:, None], coords, -_BIG), axis=0), 0)
+  ext = hi - lo + 1
+  # Keys up to prod(ext) - 1, queries up to r beyond: all must stay below the padding key.
+  extent = hi.astype(jnp.float32) - lo.astype(jnp.float32) + 1.0
+  range_ok = jnp.prod(extent) < float(2**31 - 2 * kernel_size - 2)
+  rel = jnp.where(mask[:, None], coords - lo, 0)
+  key = jnp.where(mask, (rel[:, 0] * ext[1] + rel[:, 1]) * ext[2] + rel[:, 2], _BIG)
+  sorted_key, order = lax.sort((key, jnp.arange(cap, dtype=jnp.int32)), num_keys=1)
+  # One column (di, dj) of the kernel per query: [cap, K^2] queries, one search for all.
+  column = np.stack(np.meshgrid(np.arange(-r, r + 1), np.arange(-r, r + 1), indexing="ij"),
+                    axis=-1).reshape(-1, 2)
+  q0 = rel[:, 0:1] + column[:, 0]
+  q1 = rel[:, 1:2] + column[:, 1]
+  r2 = rel[:, 2:3]
+  in_box = mask[:, None] & (q0 >= 0) & (q0 < ext[0]) & (q1 >= 0) & (q1 < ext[1])
+  center = (q0 * ext[1] + q1) * ext[2] + r2
+  # The voxels (q0, q1, r2 - r .. r2 + r) are among the K keys from the first >= center - r.
+  start = jnp.searchsorted(sorted_key, (center - r).reshape(-1), side="left").reshape(center.shape)
+  pos = start[..., None] + np.arange(kernel_size)  # [cap, K^2, K]
+  key_at = sorted_key[jnp.minimum(pos, cap - 1)]
+  d = key_at - center[..., None]
+  ok = (in_box[..., None] & (pos < cap) & (key_at != _BIG) & (d >= -r) & (d <= r)
+        & (r2[..., None] + d >= 0) & (r2[..., None] + d < ext[2]))
+  row = order[jnp.minimum(pos, cap - 1)]
+  match = ok[..., None] & (d[..., None] == np.arange(-r, r + 1))  # [cap, K^2, K (t), K (dk)]
+  found = jnp.sum(jnp.where(match, row[..., None] + 1, 0), axis=2) - 1  # each dk at most once
+  neighbours = jnp.where(found >= 0, found, cap).reshape(cap, -1)
+  neighbours = jnp.where(range_ok, neighbours, cap)
+  return neighbours, (~range_ok & any_valid).astype(jnp.int32)
+
+
+def kernel_map(coords: jax.Array, mask: jax.Array, batch_size: int,
+               kernel_size: int = 3) -> tuple[KernelMap, jax.Array]:
+  """Stride-1 kernel map of a level (see the module docstring).
+
+  Args:
+    coords: [B * cap, 4] int32 rows (batch index, i, j, k), distinct among valid rows of a cloud.
+    mask: [B * cap] bool.
+    batch_size: B.
+    kernel_size: odd K.
+
+  Returns:
+    (KernelMap with neighbours [B * cap, K^3], key_overflow [B] int32: 1 for a cloud whose
+    bounding box has too many voxels for int32 keys; its map is then empty).
+  """
+  if kernel_size % 2 != 1:
+    raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+  if coords.ndim != 2 or coords.shape[1] != 4 or coords.shape[0] % batch_size:
+    raise ValueError(f"coords must have shape [B * capacity, 4], got {coords.shape}")
+  cap = coords.shape[0] // batch_size
+  local, key_overflow = jax.vmap(functools.partial(_kernel_map_one, kernel_size=kernel_size))(
+      coords[:, 1:].reshape(batch_size, cap, 3), mask.reshape(batch_size, cap))
+  neighbours = _to_global(local, cap, batch_size).reshape(batch_size * cap, -1)
+  return KernelMap(neighbours=neighbours), key_overflow
+
+
+def _coarsen_one(coords: jax.Array, mask: jax.Array, capacity: int):
+  fine_cap = coords.shape[0]
+  parent_coords = coords // 2  # floor division, also for negative coordinates
+  coarse, coarse_mask, parent, overflow = _unique_one(parent_coords, mask, capacity)
+  offset = coords - 2 * parent_coords
+  offset = offset[:, 0] * 4 + offset[:, 1] * 2 + offset[:, 2]
+  child_slot = jnp.where(parent < capacity, parent * 8 + offset, capacity * 8)
+  children = jnp.full((capacity, 8), fine_cap, jnp.int32).at[parent, offset].set(
+      jnp.arange(fine_cap, dtype=jnp.int32), mode="drop")
+  return coarse, coarse_mask, parent, child_slot, children, overflow
+
+
+def coarsen(coords: jax.Array, mask: jax.Array, batch_size: int, capacity: int):
+  """The next coarser level (floor(coords / 2), distinct) and the stride-2 map to it.
+
+  Args:
+    coords: [B * cap, 4] int32 rows (batch index, i, j, k) of the fine level.
+    mask: [B * cap] bool.
+    batch_size: B.
+    capacity: coarse voxels per cloud (static); the lexicographically first ones are kept.
+
+  Returns:
+    (coarse coords [B * capacity, 4], coarse mask [B * capacity], StrideMap,
+     overflow [B] int32: coarse voxels per cloud that did not fit).
+  """
+  cap = coords.shape[0] // batch_size
+  coarse, coarse_mask, parent, child_slot, children, overflow = jax.vmap(
+      functools.partial(_coarsen_one, capacity=capacity))(
+          coords[:, 1:].reshape(batch_size, cap, 3), mask.reshape(batch_size, cap))
+  smap = StrideMap(
+      children=_to_global(children, cap, batch_size).reshape(batch_size * capacity, 8),
+      child_slot=_to_global(child_slot, 8 * capacity, batch_size),
+      parent=_to_global(parent, capacity, batch_size))
+  return _with_batch(coarse, batch_size), coarse_mask.reshape(-1), smap, overflow
+
+
+def voxelize(points: jax.Array, features: jax.Array, point_mask: jax.Array, voxel_size: float,
+             capacity: int) -> tuple[SparseTensor, jax.Array, jax.Array]:
+  """Voxelises B clouds into a `SparseTensor` whose features are the mean over each voxel.
+
+  Args:
+    points: [B, N, 3].
+    features: [B, N, C].
+    point_mask: [B, N] bool; masked and non-finite points get no voxel.
+    voxel_size: voxel edge, in the points' units.
+    capacity: voxels per cloud (static).
+
+  Returns:
+    (SparseTensor with B * capacity rows, point_rows [B, N] int32 row of each point's voxel
+     (B * capacity for points without one), overflow [B] int32 voxels that did not fit).
+  """
+  batch, num = points.shape[:2]
+  vox = geometry.voxelize(points, voxel_size, capacity, point_mask)
+  rows = _to_global(vox.inverse, capacity, batch).reshape(batch, num)
+  features = jnp.where(vox.point_mask[..., None], jnp.asarray(features, jnp.float32), 0.0)
+  flat_rows = rows.reshape(-1)
+  total = jax.ops.segment_sum(features.reshape(batch * num, -1), flat_rows,
+                              num_segments=batch * capacity)
+  count = jax.ops.segment_sum(vox.point_mask.reshape(-1).astype(jnp.float32), flat_rows,
+                              num_segments=batch * capacity)
+  tensor = SparseTensor(coords=_with_batch(vox.coords, batch),
+                        features=total / jnp.maximum(count, 1.0)[:, None],
+                        mask=vox.voxel_mask.reshape(-1), batch_size=batch)
+  return tensor, rows, vox.overflow
+
+
+def devoxelize(features: jax.Array, point_rows: jax.Array) -> jax.Array:
+  """Per-point features [B, N, C] read from voxel features [M, C]; 0 where point_rows == M."""
+  padded = jnp.concatenate([features, jnp.zeros((1, features.shape[1]), features.dtype)])
+  return padded[point_rows]
+
+
+def report_overflow(overflow, *, raise_error: bool = False) -> None:
+  """Host-side check of an overflow count: warns (or raises) if any voxel was dropped.
+
+  Args:
+    overflow: int array of dropped voxels / key-range failures (e.g. a model's
+      aux["overflow"]), a concrete value (call it through `jax.debug.callback` under jit).
+    raise_error: raise a RuntimeError instead of warning.
+  """
+  total = int(np.sum(np.asarray(overflow)))
+  if total > 0:
+    message = (f"sparse tensor capacity overflow: {total} voxels did not fit (per cloud: "
+               f"{np.asarray(overflow).tolist()}); raise the capacity or the voxel size")
+    if raise_error:
+      raise RuntimeError(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Convolutions: gathers and matmuls, with hand-written gradients that only gather.
+# ---------------------------------------------------------------------------------------------
+
+
+def _pad_row(x: jax.Array) -> jax.Array:
+  return jnp.concatenate([x, jnp.zeros((1, x.shape[1]), x.dtype)])
+
+
+def _chunks(num_offsets: int, rows: int, channels: int) -> list[tuple[int, int]]:
+  per = max(1, _CHUNK_ELEMENTS // max(1, rows * channels))
+  return [(a, min(a + per, num_offsets)) for a in range(0, num_offsets, per)]
+
+
+def _gather_matmul(x: jax.Array, index: jax.Array, kernel: jax.Array) -> jax.Array:
+  """sum_o x[index[:, o]] @ kernel[o]; index == len(x) reads zeros. Returns [rows, C_out]."""
+  rows, num_offsets = index.shape
+  c_in, c_out = kernel.shape[1:]
+  padded = _pad_row(x)
+  out = None
+  for a, b in _chunks(num_offsets, rows, c_in):
+    cols = padded[index[:, a:b]].reshape(rows, (b - a) * c_in)
+    y = cols @ kernel[a:b].reshape((b - a) * c_in, c_out)
+    out = y if out is None else out + y
+  return out
+
+
+def _gather_weight_grad(x: jax.Array, index: jax.Array, g: jax.Array) -> jax.Array:
+  """Gradient of `_gather_matmul` w.r.t. the kernel: [K, C_in, C_out]."""
+  rows, num_offsets = index.shape
+  c_in = x.shape[1]
+  padded = _pad_row(x)
+  parts = []
+  for a, b in _chunks(num_offsets, rows, c_in):
+    cols = padded[index[:, a:b]].reshape(rows, (b - a) * c_in)
+    parts.append((cols.T @ g).reshape(b - a, c_in, g.shape[1]))
+  return jnp.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+@jax.custom_vjp
+def _conv(x, neighbours, kernel):
+  return _gather_matmul(x, neighbours, kernel)
+
+
+def _conv_fwd(x, neighbours, kernel):
+  return _gather_matmul(x, neighbours, kernel), (x, neighbours, kernel)
+
+
+def _conv_bwd(residuals, g):
+  x, neighbours, kernel = residuals
+  # Row i is neighbour o of row n exactly when n is neighbour K^3 - 1 - o of row i.
+  dx = _gather_matmul(g, neighbours, jnp.swapaxes(kernel[::-1], 1, 2))
+  return dx, None, _gather_weight_grad(x, neighbours, g)
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _check_kernel(kernel: jax.Array, num_offsets: int, c_in: int) -> None:
+  if kernel.ndim != 3 or kernel.shape[:2] != (num_offsets, c_in):
+    raise ValueError(f"kernel must have shape [{num_offsets}, {c_in}, C_out], got {kernel.shape}")
+
+
+def conv(features: jax.Array, kmap: KernelMap, kernel: jax.Array) -> jax.Array:
+  """Stride-1 sparse convolution (submanifold: outputs at the input voxels).
+
+  Args:
+    features: [M, C_in].
+    kmap: the level's `KernelMap` (K^3 offsets, M rows).
+    kernel: [K^3, C_in, C_out].
+
+  Returns:
+    [M, C_out]; 0 in padding rows.
+  """
+  _check_kernel(kernel, kmap.neighbours.shape[1], features.shape[1])
+  return _conv(features, kmap.neighbours, kernel.astype(features.dtype))
+
+
+@jax.custom_vjp
+def _conv_down(x, children, child_slot, kernel):
+  return _gather_matmul(x, children, kernel)
+
+
+def _conv_down_fwd(x, children, child_slot, kernel):
+  return _gather_matmul(x, children, kernel), (x, children, child_slot, kernel)
+
+
+def _conv_down_bwd(residuals, g):
+  x, children, child_slot, kernel = residuals
+  c_in = x.shape[1]
+  # d cols = g kernel^T: row p, block o belongs to the fine voxel at child_slot 8 p + o.
+  dcols = (g @ kernel.reshape(8 * c_in, -1).T).reshape(-1, c_in)
+  dx = _pad_row(dcols)[child_slot]
+  return dx, None, None, _gather_weight_grad(x, children, g)
+
+
+_conv_down.defvjp(_conv_down_fwd, _conv_down_bwd)
+
+
+def conv_down(features: jax.Array, smap: StrideMap, kernel: jax.Array) -> jax.Array:
+  """2x2x2 stride-2 sparse convolution from a level to the next coarser one.
+
+  Args:
+    features: [M_f, C_in] of the fine level.
+    smap: the `StrideMap` from `coarsen`.
+    kernel: [8, C_in, C_out].
+
+  Returns:
+    [M_c, C_out] at the coarse voxels; 0 in padding rows.
+  """
+  _check_kernel(kernel, 8, features.shape[1])
+  return _conv_down(features, smap.children, smap.child_slot, kernel.astype(features.dtype))
+
+
+def _up(x, child_slot, kernel):
+  c_in, c_out = kernel.shape[1:]
+  y = x @ jnp.swapaxes(kernel, 0, 1).reshape(c_in, 8 * c_out)
+  return _pad_row(y.reshape(-1, c_out))[child_slot]
+
+
+@jax.custom_vjp
+def _conv_up(x, children, child_slot, kernel):
+  return _up(x, child_slot, kernel)
+
+
+def _conv_up_fwd(x, children, child_slot, kernel):
+  return _up(x, child_slot, kernel), (x, children, kernel)
+
+
+def _conv_up_bwd(residuals, g):
+  x, children, kernel = residuals
+  c_in, c_out = kernel.shape[1:]
+  dy = _pad_row(g)[children].reshape(-1, 8 * c_out)  # [M_c, 8 C_out]
+  dx = dy @ jnp.swapaxes(kernel, 0, 1).reshape(c_in, 8 * c_out).T
+  dkernel = jnp.swapaxes((x.T @ dy).reshape(c_in, 8, c_out), 0, 1)
+  return dx, None, None, dkernel
+
+
+_conv_up.defvjp(_conv_up_fwd, _conv_up_bwd)
+
+
+def conv_up(features: jax.Array, smap: StrideMap, kernel: jax.Array) -> jax.Array:
+  """2x2x2 stride-2 transposed sparse convolution back onto the finer level's voxels.
+
+  Args:
+    features: [M_c, C_in] of the coarse level.
+    smap: the `StrideMap` from `coarsen` (the finer level's coordinates are reused).
+    kernel: [8, C_in, C_out].
+
+  Returns:
+    [M_f, C_out]; 0 in padding rows and at fine voxels whose parent did not fit.
+  """
+  _check_kernel(kernel, 8, features.shape[1])
+  return _conv_up(features, smap.children, smap.child_slot, kernel.astype(features.dtype))
