@@ -1,0 +1,673 @@
+"""Label-efficient 3D semantic segmentation: fine-tuning and linear probing of the student.
+
+Readable top to bottom: data -> labelled subset -> model (pretrained backbone or scratch) ->
+optimiser -> steps -> evaluation on every point of the held-out scenes -> results.
+
+Data. Scenes come from `scannet_scenes` (points, colours, ScanNet-20 labels, -1 = ignore).
+A run labels a fraction of the training scenes: the first max(1, round(fraction x n)) scenes
+of a permutation of the scene names seeded by `labels.seed`, so at one seed the 1% subset
+lies inside the 5% subset, which lies inside the 10% subset, and so on. The number of steps
+does not depend on the fraction: every run spends the same compute and compiles the same step.
+
+Training batches are square columns of `crop.size` metres (all heights) around a random
+point of a random labelled scene, randomly subsampled to `crop.num_points` points (padded and
+masked when fewer), centred horizontally like the pretraining clouds (z stays the height above
+the floor), rotated about z, scaled and jittered. Inputs are the coordinates and the colours
+in [0, 1], as in pretraining. The loss is the cross-entropy over labelled points.
+
+Evaluation covers every point of every "val" scene. Each scene is tiled in x and y into equal
+cells no larger than `crop.size`; from each cell up to `crop.num_points` points are drawn
+(all of them if fewer), without augmentation, and labelled by the network; every point of the
+cell then takes the prediction of its nearest drawn point (1-NN in 3D within the cell). The
+confusion matrix is accumulated over all points; mIoU and mAcc average over the classes
+present in the ground truth (see `p2p_jax.metrics`).
+
+Modes. "finetune" trains the backbone and a `SegmentationHead` (BatchNorm in training mode).
+"linear_probe" trains a `LinearHead` on the frozen backbone: the backbone runs in inference
+mode (running BatchNorm statistics, never updated), its parameters are behind
+`stop_gradient` and the optimiser sets their updates to zero (`optax.multi_transform`).
+
+The backbone comes from a pretraining work dir (`p2p_jax.train.trainer` writes the "student"
+item: {"params": {"backbone", "head"}, "batch_stats": {"backbone"}}); the pretraining head is
+dropped and the segmentation head starts fresh. Without a checkpoint the backbone starts from
+a random initialisation ("scratch").
+
+The jitted steps take the model and the optimiser settings as static arguments, so runs in
+one process with the same architecture, shapes and optimiser settings (e.g. every label
+fraction and initialisation of a study) compile once.
+"""
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import scipy.spatial
+import tqdm
+from flax import traverse_util
+
+from p2p_jax import metrics as metrics_lib
+from p2p_jax.data import labels as labels_lib
+from p2p_jax.models import pointnet2
+from p2p_jax.train import ppkt, trainer
+
+# The 3D students, shared with pretraining: a backbone added there is available here.
+STUDENTS = trainer.STUDENTS
+MODES = ("finetune", "linear_probe")
+
+
+@dataclasses.dataclass(frozen=True)
+class CropConfig:
+  """Shapes and augmentation of the point crops.
+
+  Attributes:
+    num_points: N points per crop (padded and masked when a crop holds fewer).
+    size: side in metres of the square xy column of a crop, and the largest evaluation cell.
+    max_rotation: rotation about z, uniform in [-max, max] radians (training only).
+    scale_range: isotropic scaling, uniform in the range (training only).
+    jitter_sigma: standard deviation of Gaussian jitter in metres (training only).
+    jitter_clip: jitter is clipped to [-clip, clip].
+  """
+  num_points: int = 4096
+  size: float = 3.0
+  max_rotation: float = math.pi
+  scale_range: tuple[float, float] = (0.9, 1.1)
+  jitter_sigma: float = 0.005
+  jitter_clip: float = 0.02
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  """The optimiser and its schedule (see `ppkt.make_optimizer`); hashable, static under jit."""
+  name: str = "adamw"
+  learning_rate: float = 1e-2
+  weight_decay: float = 1e-4
+  momentum: float = 0.9
+  warmup_steps: int = 0
+  total_steps: int = 300
+
+
+# ---------------------------------------------------------------------------------------------
+# Data.
+# ---------------------------------------------------------------------------------------------
+
+
+def load_split(data: ml_collections.ConfigDict, split: str) -> list[dict[str, Any]]:
+  """The scenes of a split as numpy arrays, building `scannet_scenes` first if needed.
+
+  Synthetic rooms are generated into `data.manual_dir` first when it has no scans/ and
+  `data.synthetic.scenes` > 0.
+
+  Args:
+    data: the `data` field of a fine-tuning config.
+    split: "train" or "val".
+
+  Returns:
+    [{"points" float32 [P, 3], "colors" uint8 [P, 3], "labels" int32 [P], "scene" str}].
+  """
+  from datasets.scannet_scenes import build_scenes, load_scenes  # pylint: disable=g-import-not-at-top
+  if data.synthetic.scenes and not os.path.isdir(os.path.join(data.manual_dir, "scans")):
+    from datasets.synthetic_rooms import generate  # pylint: disable=g-import-not-at-top
+    s = data.synthetic
+    generate.generate(data.manual_dir, num_scenes=s.scenes, frames_per_scene=s.frames_per_scene,
+                      height=s.height, width=s.width, seed=s.seed, val_fraction=s.val_fraction,
+                      teacher_fraction=s.teacher_fraction, points_per_m2=s.points_per_m2,
+                      progress=True)
+  build_scenes(data.manual_dir, data.data_dir)
+  source = load_scenes(data.data_dir, split)
+  scenes = []
+  for i in range(len(source)):
+    example = source[i]
+    scene = example["scene"]
+    scenes.append({"points": np.asarray(example["points"], np.float32),
+                   "colors": np.asarray(example["colors"], np.uint8),
+                   "labels": np.asarray(example["labels"], np.int32),
+                   "scene": scene.decode() if isinstance(scene, bytes) else str(scene)})
+  return scenes
+
+
+def labelled_subset(names: Sequence[str], fraction: float, seed: int) -> list[str]:
+  """The labelled training scenes: nested in `fraction` at a fixed seed, at least one.
+
+  Args:
+    names: the training scene names (any order; duplicates are an error).
+    fraction: share of scenes labelled, in (0, 1].
+    seed: seeds the permutation; the same seed gives nested subsets for growing fractions.
+
+  Returns:
+    The first max(1, round(fraction x n)) names of the seeded permutation of the sorted names,
+    sorted.
+  """
+  if not 0 < fraction <= 1:
+    raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
+  ordered = sorted(names)
+  if len(set(ordered)) != len(ordered):
+    raise ValueError("scene names must be unique")
+  if not ordered:
+    raise ValueError("no training scenes")
+  order = np.random.default_rng(seed).permutation(len(ordered))
+  count = max(1, int(round(fraction * len(ordered))))
+  return sorted(ordered[i] for i in order[:count])
+
+
+def _pack(scene: dict[str, Any], idx: np.ndarray, center_xy: np.ndarray, crop: CropConfig,
+          rng: np.random.Generator | None) -> dict[str, np.ndarray]:
+  """Fixed-shape crop of `scene` at `idx`, centred at `center_xy`, augmented if `rng`."""
+  n = crop.num_points
+  count = len(idx)
+  points = scene["points"][idx] - np.array([center_xy[0], center_xy[1], 0.0], np.float32)
+  if rng is not None:
+    angle = rng.uniform(-crop.max_rotation, crop.max_rotation)
+    c, s = math.cos(angle), math.sin(angle)
+    rotation = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], np.float32)
+    points = points @ rotation.T * np.float32(rng.uniform(*crop.scale_range))
+    jitter = rng.normal(0.0, crop.jitter_sigma, points.shape).astype(np.float32)
+    points = points + np.clip(jitter, -crop.jitter_clip, crop.jitter_clip)
+  out = {"points": np.zeros((n, 3), np.float32), "colors": np.zeros((n, 3), np.float32),
+         "labels": np.full((n,), labels_lib.IGNORE_LABEL, np.int32),
+         "point_mask": np.zeros((n,), bool)}
+  out["points"][:count] = points
+  out["colors"][:count] = scene["colors"][idx].astype(np.float32) / 255.0
+  out["labels"][:count] = scene["labels"][idx]
+  out["point_mask"][:count] = True
+  return out
+
+
+def sample_crop(scene: dict[str, Any], rng: np.random.Generator,
+                crop: CropConfig) -> dict[str, np.ndarray]:
+  """One augmented training crop (see the module docstring).
+
+  Args:
+    scene: {"points", "colors", "labels"} of one scene.
+    rng: the crop's generator.
+    crop: the crop settings.
+
+  Returns:
+    "points" float32 [N, 3], "colors" float32 [N, 3] in [0, 1], "labels" int32 [N] (-1 at
+    padding), "point_mask" bool [N].
+  """
+  points = scene["points"]
+  center = points[rng.integers(len(points)), :2]
+  half = crop.size / 2
+  # Column by column: several times faster than a reduction over a [P, 2] array.
+  inside = np.flatnonzero((np.abs(points[:, 0] - center[0]) <= half)
+                          & (np.abs(points[:, 1] - center[1]) <= half))
+  if len(inside) > crop.num_points:
+    inside = rng.choice(inside, crop.num_points, replace=False)
+  return _pack(scene, inside, center, crop, rng)
+
+
+def training_batch(scenes: Sequence[dict[str, Any]], seed: int, step: int, batch_size: int,
+                   crop: CropConfig) -> dict[str, np.ndarray]:
+  """Batch `step` of a run: a function of (seed, step) alone, so runs are reproducible."""
+  rng = np.random.default_rng((seed, step))
+  crops = [sample_crop(scenes[rng.integers(len(scenes))], rng, crop) for _ in range(batch_size)]
+  return {k: np.stack([c[k] for c in crops]) for k in crops[0]}
+
+
+@dataclasses.dataclass
+class EvalScene:
+  """A held-out scene cut into fixed-shape blocks, and how to spread their predictions.
+
+  Attributes:
+    scene: the scene's name.
+    labels: int32 [P] ground truth of every point.
+    blocks: per cell, a `_pack`ed block (unaugmented).
+    cells: per cell, int64 indices of the scene's points in it.
+    nearest: per cell, for each of its points the index of the nearest drawn point in the
+      block.
+  """
+  scene: str
+  labels: np.ndarray
+  blocks: list[dict[str, np.ndarray]]
+  cells: list[np.ndarray]
+  nearest: list[np.ndarray]
+
+
+def prepare_eval_scene(scene: dict[str, Any], crop: CropConfig, seed: int = 0) -> EvalScene:
+  """Tiles a scene into cells no larger than `crop.size` and draws each cell's block.
+
+  Args:
+    scene: {"points", "colors", "labels", "scene"}.
+    crop: the crop settings (`num_points`, `size`).
+    seed: seeds the choice of points of cells holding more than `num_points`.
+
+  Returns:
+    The scene's `EvalScene`: every point lies in exactly one cell.
+  """
+  rng = np.random.default_rng(seed)
+  points = scene["points"]
+  lo, hi = points[:, :2].min(axis=0), points[:, :2].max(axis=0)
+  counts = np.maximum(1, np.ceil((hi - lo) / crop.size - 1e-6)).astype(np.int64)
+  step = np.maximum(hi - lo, 1e-6) / counts
+  cell_xy = np.minimum(((points[:, :2] - lo) / step).astype(np.int64), counts - 1)
+  cell_id = cell_xy[:, 0] * counts[1] + cell_xy[:, 1]
+  order = np.argsort(cell_id, kind="stable")
+  ids, starts = np.unique(cell_id[order], return_index=True)
+  blocks, cells, nearest = [], [], []
+  for cell, members in zip(ids, np.split(order, starts[1:])):
+    chosen = members
+    if len(members) > crop.num_points:
+      chosen = np.sort(rng.choice(members, crop.num_points, replace=False))
+    center = lo + (np.array([cell // counts[1], cell % counts[1]]) + 0.5) * step
+    blocks.append(_pack(scene, chosen, center.astype(np.float32), crop, None))
+    if len(chosen) == len(members):
+      nearest.append(np.arange(len(members)))
+    else:
+      nearest.append(scipy.spatial.cKDTree(points[chosen]).query(points[members])[1])
+    cells.append(members)
+  return EvalScene(str(scene.get("scene", "")), scene["labels"], blocks, cells, nearest)
+
+
+@dataclasses.dataclass
+class SceneData:
+  """Everything a run reads, loaded once: reuse it across runs of one study.
+
+  Attributes:
+    train: the training scenes (`load_split`).
+    val: the held-out scenes prepared for evaluation.
+    crop: the crop settings `val` was prepared with.
+  """
+  train: list[dict[str, Any]]
+  val: list[EvalScene]
+  crop: CropConfig
+
+
+def load_data(config: ml_collections.ConfigDict) -> SceneData:
+  """Loads the training scenes and prepares the held-out ones, as `config` says."""
+  crop = crop_config(config)
+  val = [prepare_eval_scene(s, crop, seed=i) for i, s in enumerate(load_split(config.data, "val"))]
+  return SceneData(train=load_split(config.data, "train"), val=val, crop=crop)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model, checkpoint loading, optimiser.
+# ---------------------------------------------------------------------------------------------
+
+
+def make_model(student: str, mode: str, *, num_classes: int = labels_lib.NUM_CLASSES,
+               head_hidden: int = 128, head_dropout: float = 0.5) -> pointnet2.PointModel:
+  """The student backbone with a segmentation head ("finetune") or a linear one (probe)."""
+  if student not in STUDENTS:
+    raise ValueError(f"unknown student {student!r}; expected one of {sorted(STUDENTS)}")
+  if mode == "finetune":
+    head = pointnet2.SegmentationHead(num_classes, hidden=head_hidden,
+                                      dropout_rate=head_dropout)
+  elif mode == "linear_probe":
+    head = pointnet2.LinearHead(num_classes)
+  else:
+    raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+  return pointnet2.PointModel(STUDENTS[student](), head)
+
+
+def init_variables(model: pointnet2.PointModel, key: jax.Array, num_points: int) -> dict:
+  """Random {"params", "batch_stats"} of `model` for crops of `num_points` points."""
+  points = jnp.zeros((1, num_points, 3))
+  return jax.jit(functools.partial(model.init, train=False))(
+      key, points, jnp.zeros((1, num_points, 3)), jnp.ones((1, num_points), bool))
+
+
+def _flat_shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], Any]]:
+  tree = getattr(tree, "tree", tree)  # Orbax's TreeMetadata wraps the tree
+  flat = traverse_util.flatten_dict(tree) if isinstance(tree, dict) else {}
+  return {"/".join(map(str, k)): (tuple(v.shape), v.dtype) for k, v in flat.items()}
+
+
+def find_student_checkpoint(path: str) -> tuple[str, int | None]:
+  """The "student" item of a pretraining checkpoint.
+
+  Args:
+    path: a pretraining work dir (its latest checkpoint), its `checkpoints/` dir (likewise),
+      a step dir `checkpoints/<step>`, or the step's `student/` item dir itself.
+
+  Returns:
+    (the item directory, its step or None when `path` named the item).
+
+  Raises:
+    FileNotFoundError: nothing that looks like a pretraining checkpoint at `path`.
+  """
+  path = os.path.abspath(os.fspath(path))
+  if os.path.isfile(os.path.join(path, "_METADATA")):
+    step = os.path.basename(os.path.dirname(path))
+    return path, int(step) if step.isdigit() else None
+  if os.path.isdir(os.path.join(path, "student")):
+    step = os.path.basename(path)
+    return os.path.join(path, "student"), int(step) if step.isdigit() else None
+  root = os.path.join(path, "checkpoints") if os.path.isdir(
+      os.path.join(path, "checkpoints")) else path
+  steps = sorted(int(d) for d in (os.listdir(root) if os.path.isdir(root) else [])
+                 if d.isdigit() and os.path.isdir(os.path.join(root, d, "student")))
+  if not steps:
+    raise FileNotFoundError(f"no pretraining checkpoint with a 'student' item at {path} (looked "
+                            f"for <workdir>/checkpoints/<step>/student/ and <step>/student/)")
+  return os.path.join(root, str(steps[-1]), "student"), steps[-1]
+
+
+def load_student_backbone(path: str, model: pointnet2.PointModel,
+                          variables: dict) -> tuple[dict, int | None]:
+  """Replaces the backbone of `variables` by the pretrained one at `path`; the head stays.
+
+  Args:
+    path: see `find_student_checkpoint`.
+    model: the fine-tuning model (only used to name it in errors).
+    variables: `model`'s {"params", "batch_stats"}, e.g. from `init_variables`.
+
+  Returns:
+    (variables with params["backbone"] and batch_stats["backbone"] from the checkpoint, the
+     checkpoint's step).
+
+  Raises:
+    FileNotFoundError: no checkpoint at `path`.
+    ValueError: listing every backbone variable the checkpoint lacks, has in excess or has
+      with another shape (paths like "params/backbone/sa1/SharedMLP_0/PointwiseDense_0/kernel").
+  """
+  item, step = find_student_checkpoint(path)
+  wanted = {"params": {"backbone": variables["params"]["backbone"]},
+            "batch_stats": {"backbone": variables.get("batch_stats", {}).get("backbone", {})}}
+  wanted_shapes = _flat_shapes(wanted)
+  with ocp.StandardCheckpointer() as checkpointer:
+    stored_shapes = _flat_shapes(checkpointer.metadata(item).item_metadata)
+    in_backbone = lambda k: k.startswith(("params/backbone/", "batch_stats/backbone/"))
+    problems = [f"missing: {k} (expected shape {v[0]})" for k, v in wanted_shapes.items()
+                if k not in stored_shapes]
+    problems += [f"shape mismatch: {k} expected {v[0]}, found {stored_shapes[k][0]}"
+                 for k, v in wanted_shapes.items()
+                 if k in stored_shapes and stored_shapes[k][0] != v[0]]
+    problems += [f"unexpected: {k} (found shape {v[0]})" for k, v in stored_shapes.items()
+                 if in_backbone(k) and k not in wanted_shapes]
+    if problems:
+      raise ValueError(
+          f"the pretrained student at {item} does not fit the backbone "
+          f"{type(model.backbone).__name__} of this model (is the config's `student` the "
+          f"architecture that was pretrained?): {len(problems)} problem(s)\n  "
+          + "\n  ".join(problems))
+    # Checked above, before restoring: a failed Orbax restore leaves work that errors at exit.
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = traverse_util.unflatten_dict({
+        tuple(k.split("/")): jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+        for k, (shape, dtype) in stored_shapes.items()})
+    restored = checkpointer.restore(item, target)
+  out = {"params": {**variables["params"], "backbone": restored["params"]["backbone"]},
+         "batch_stats": {**variables.get("batch_stats", {}),
+                         "backbone": restored.get("batch_stats", {}).get("backbone", {})}}
+  return out, step
+
+
+def make_optimizer(optimizer: OptimizerConfig, mode: str) -> optax.GradientTransformation:
+  """The optimiser of a mode: linear probing sets every backbone update to zero."""
+  tx = ppkt.make_optimizer(optimizer.name, learning_rate=optimizer.learning_rate,
+                           weight_decay=optimizer.weight_decay,
+                           total_steps=optimizer.total_steps,
+                           warmup_steps=optimizer.warmup_steps, momentum=optimizer.momentum)
+  if mode == "finetune":
+    return tx
+  return optax.multi_transform(
+      {"train": tx, "freeze": optax.set_to_zero()},
+      lambda params: {k: "freeze" if k == "backbone" else "train" for k in params})
+
+
+@flax.struct.dataclass
+class TrainState:
+  """What changes during fine-tuning."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+def masked_cross_entropy(logits: jax.Array, labels: jax.Array,
+                         where: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Mean cross-entropy and accuracy over the points where `where` and labels != ignore.
+
+  Args:
+    logits: [..., C] float.
+    labels: [...] int, `IGNORE_LABEL` for unlabelled points.
+    where: [...] bool, e.g. the point mask.
+
+  Returns:
+    (loss, accuracy), each a scalar; 0 when no point counts.
+  """
+  valid = where & (labels != labels_lib.IGNORE_LABEL)
+  per_point = optax.softmax_cross_entropy_with_integer_labels(
+      logits, jnp.where(valid, labels, 0))
+  count = jnp.maximum(jnp.sum(valid), 1)
+  correct = (jnp.argmax(logits, -1) == labels) & valid
+  return jnp.sum(jnp.where(valid, per_point, 0.0)) / count, jnp.sum(correct) / count
+
+
+def _global_norm(tree) -> jax.Array:
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "optimizer", "mode"), donate_argnums=(0,))
+def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array, *,
+               model: pointnet2.PointModel, optimizer: OptimizerConfig,
+               mode: str) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One step of fine-tuning or linear probing on a batch of crops.
+
+  Args:
+    state: the state, donated.
+    batch: `training_batch` output.
+    key: dropout randomness of this step.
+    model: the `make_model` model (static).
+    optimizer: the optimiser settings (static).
+    mode: "finetune" or "linear_probe" (static).
+
+  Returns:
+    (new state, {"loss", "accuracy", "learning_rate", "grad_norm"}).
+  """
+  tx = make_optimizer(optimizer, mode)
+  probe = mode == "linear_probe"
+
+  def loss_fn(params):
+    if probe:  # no gradient reaches the backbone, and none is computed through it
+      params = {**params, "backbone": jax.lax.stop_gradient(params["backbone"])}
+    variables = {"params": params, "batch_stats": state.batch_stats}
+    inputs = (batch["points"], batch["colors"], batch["point_mask"])
+    if probe:
+      logits, _ = model.apply(variables, *inputs, train=False)
+      batch_stats = state.batch_stats
+    else:
+      (logits, _), updates = model.apply(variables, *inputs, train=True,
+                                         mutable=["batch_stats"], rngs={"dropout": key})
+      batch_stats = updates["batch_stats"]
+    loss, accuracy = masked_cross_entropy(logits, batch["labels"], batch["point_mask"])
+    return loss, (batch_stats, accuracy)
+
+  (loss, (batch_stats, accuracy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  schedule = ppkt.make_schedule(optimizer.learning_rate, optimizer.total_steps,
+                                optimizer.warmup_steps)
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                            opt_state=opt_state)
+  return new_state, {"loss": loss, "accuracy": accuracy, "learning_rate": schedule(state.step),
+                     "grad_norm": _global_norm(grads)}
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def predict(variables: dict, points: jax.Array, colors: jax.Array, point_mask: jax.Array, *,
+            model: pointnet2.PointModel) -> jax.Array:
+  """Class predictions int32 [B, N] of the model in inference mode."""
+  logits, _ = model.apply(variables, points, colors, point_mask, train=False)
+  return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+
+def evaluate(model: pointnet2.PointModel, variables: dict, scenes: Sequence[EvalScene], *,
+             batch_size: int, num_classes: int = labels_lib.NUM_CLASSES) -> np.ndarray:
+  """Labels every point of the prepared scenes; returns the [C, C] confusion matrix."""
+  blocks = [(i, j) for i, s in enumerate(scenes) for j in range(len(s.blocks))]
+  block_predictions = {}
+  for start in range(0, len(blocks), batch_size):
+    chunk = blocks[start:start + batch_size]
+    # A short last batch is padded with copies of its first block: one shape, one compile.
+    padded = chunk + [chunk[0]] * (batch_size - len(chunk))
+    stacked = {k: np.stack([scenes[i].blocks[j][k] for i, j in padded])
+               for k in ("points", "colors", "point_mask")}
+    out = np.asarray(predict(variables, stacked["points"], stacked["colors"],
+                             stacked["point_mask"], model=model))
+    for row, key in enumerate(chunk):
+      block_predictions[key] = out[row]
+  confusion = np.zeros((num_classes, num_classes), np.int64)
+  for i, scene in enumerate(scenes):
+    full = np.empty(len(scene.labels), np.int32)
+    for j, (members, nearest) in enumerate(zip(scene.cells, scene.nearest)):
+      full[members] = block_predictions[i, j][nearest]
+    confusion += metrics_lib.confusion_matrix(scene.labels, full, num_classes)
+  return confusion
+
+
+# ---------------------------------------------------------------------------------------------
+# The run.
+# ---------------------------------------------------------------------------------------------
+
+
+def crop_config(config: ml_collections.ConfigDict) -> CropConfig:
+  c = config.crop
+  return CropConfig(num_points=c.num_points, size=c.size, max_rotation=c.max_rotation,
+                    scale_range=tuple(c.scale_range), jitter_sigma=c.jitter_sigma,
+                    jitter_clip=c.jitter_clip)
+
+
+def optimizer_config(config: ml_collections.ConfigDict) -> OptimizerConfig:
+  o = config.optimizer
+  return OptimizerConfig(name=o.name, learning_rate=o.learning_rate,
+                         weight_decay=o.weight_decay, momentum=o.momentum,
+                         warmup_steps=o.warmup_steps, total_steps=config.total_steps)
+
+
+def _json_float(x: float) -> float | None:
+  return None if not np.isfinite(x) else float(x)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = None, *,
+                       data: SceneData | None = None,
+                       template: ml_collections.ConfigDict | None = None,
+                       progress: bool = True) -> dict[str, Any]:
+  """Fine-tunes (or linearly probes) on a labelled subset and evaluates on the val scenes.
+
+  Args:
+    config: a fine-tuning config (experiments/configs/finetune_synthetic.py).
+    workdir: where `results.json` and `metrics.jsonl` go; None writes nothing.
+    data: scenes loaded by `load_data(config)`, to share between runs; None loads them.
+    template: the config schema; keys of `config` missing from it are an error.
+    progress: show a progress bar.
+
+  Returns:
+    The results (also written to `workdir/results.json`): "miou", "macc", "oa" (fractions),
+    "per_class_iou" and "per_class_acc" ({class: value, None when absent from the ground
+    truth}), "iou_table" (Markdown), "confusion", the run's settings ("mode", "student",
+    "init", "init_step", "label_fraction", "labelled_scenes", ...), "train_loss" (the loss
+    at every `log_every`-th step), "eval_points" and "seconds".
+  """
+  # Setup.
+  start_time = time.perf_counter()
+  if template is not None:
+    trainer.check_config(config, template)
+  if config.mode not in MODES:
+    raise ValueError(f"unknown mode {config.mode!r}; expected one of {MODES}")
+  crop = crop_config(config)
+  optimizer = optimizer_config(config)
+
+  # Data.
+  if data is None:
+    data = load_data(config)
+  elif data.crop != crop:
+    raise ValueError(f"the data were prepared for {data.crop}, the config asks for {crop}")
+  labelled = labelled_subset([s["scene"] for s in data.train], config.labels.fraction,
+                             config.labels.seed)
+  train_scenes = [s for s in data.train if s["scene"] in set(labelled)]
+  if not data.val:
+    raise ValueError("no val scenes to evaluate on")
+
+  # Model and optimiser.
+  model = make_model(config.student, config.mode, head_hidden=config.head.hidden,
+                     head_dropout=config.head.dropout)
+  key = jax.random.key(config.seed)
+  variables = init_variables(model, jax.random.fold_in(key, 0), crop.num_points)
+  init_step = None
+  if config.init.checkpoint:
+    variables, init_step = load_student_backbone(config.init.checkpoint, model, variables)
+  elif config.mode == "linear_probe":
+    logging.warning("linear probe of a randomly initialised backbone (init.checkpoint is empty)")
+  tx = make_optimizer(optimizer, config.mode)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                     batch_stats=variables.get("batch_stats", {}),
+                     opt_state=tx.init(variables["params"]))
+
+  # Loop.
+  metrics_file = None
+  if workdir is not None:
+    os.makedirs(workdir, exist_ok=True)
+    metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "w")
+  losses = []
+  train_start = time.perf_counter()
+  bar = tqdm.tqdm(range(config.total_steps), disable=not progress,
+                  desc=f"{config.mode} {config.labels.fraction:g}", leave=False)
+  try:
+    for step in bar:
+      batch = training_batch(train_scenes, config.seed, step, config.batch_size, crop)
+      state, step_metrics = train_step(state, batch, jax.random.fold_in(key, step + 1),
+                                       model=model, optimizer=optimizer, mode=config.mode)
+      if (step + 1) % config.log_every == 0 or step + 1 == config.total_steps:
+        step_metrics = {k: float(v) for k, v in step_metrics.items()}
+        if not np.isfinite(step_metrics["loss"]):
+          raise FloatingPointError(f"non-finite loss {step_metrics['loss']} at step {step + 1}")
+        losses.append(step_metrics["loss"])
+        bar.set_postfix(loss=f"{step_metrics['loss']:.3f}")
+        if metrics_file is not None:
+          metrics_file.write(json.dumps({"step": step + 1, **step_metrics}) + "\n")
+  finally:
+    bar.close()
+    if metrics_file is not None:
+      metrics_file.close()
+  jax.block_until_ready(state)
+  train_seconds = time.perf_counter() - train_start
+
+  # Evaluation.
+  eval_start = time.perf_counter()
+  confusion = evaluate(model, {"params": state.params, "batch_stats": state.batch_stats},
+                       data.val, batch_size=config.eval.batch_size)
+  scores = metrics_lib.segmentation_scores(confusion)
+  names = labels_lib.SCANNET20_NAMES
+  results = {
+      "mode": config.mode,
+      "student": config.student,
+      "init": config.init.checkpoint or "scratch",
+      "init_step": init_step,
+      "label_fraction": config.labels.fraction,
+      "label_seed": config.labels.seed,
+      "seed": config.seed,
+      "labelled_scenes": labelled,
+      "num_train_scenes": len(data.train),
+      "num_val_scenes": len(data.val),
+      "steps": config.total_steps,
+      "miou": _json_float(scores["miou"]),
+      "macc": _json_float(scores["macc"]),
+      "oa": _json_float(scores["oa"]),
+      "per_class_iou": {n: _json_float(v) for n, v in zip(names, scores["iou"])},
+      "per_class_acc": {n: _json_float(v) for n, v in zip(names, scores["acc"])},
+      "iou_table": metrics_lib.iou_table(scores, names),
+      "confusion": confusion.tolist(),
+      "eval_points": int(confusion.sum()),
+      "train_loss": losses,
+      "seconds": {"train": train_seconds, "eval": time.perf_counter() - eval_start,
+                  "total": time.perf_counter() - start_time},
+  }
+  if workdir is not None:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f, indent=1)
+  return results

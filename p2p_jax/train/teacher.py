@@ -1,0 +1,448 @@
+"""Training a 2D teacher for PPKT: a ResNet with a per-pixel ScanNet-20 segmentation head.
+
+PPKT transfers the features of a 2D network trained on rich 2D labels. Without ImageNet
+weights (or on synthetic rooms, whose classes ImageNet never saw) this trains one: a ResNet
+from `resnet.VARIANTS` and a light head (a 1x1 convolution on layer4, optionally also on
+layer3, each upsampled bilinearly to the input size and summed) learn the 2D semantic labels
+of the frames of the *teacher scenes*: scenes the synthetic generator lists in
+`scannetv2_teacher.txt` (`teacher_fraction`), disjoint from the pretraining and fine-tuning
+scenes (train, val). Training the head on layer4 puts the semantics where PPKT's projection
+layer reads the teacher's features.
+
+Data. The teacher scenes are split by scene into training and held-out scenes (seeded). The
+`scannet_frames` builder knows the splits "train" and "val" only, so the teacher scenes are
+exposed to it through a small export of their own: `<data_dir>/teacher_<hash>/export/` holds
+symbolic links to the scene folders, the label map and split lists naming the teacher's
+training scenes "train" and its held-out scenes "val"; the dataset (a `*_labels` frames config)
+is built next to it. The hash names the scene lists, so other lists never reuse a stale build.
+Frames are read into memory once.
+
+Training: torchvision's random resized crop (area `crop_scale`, aspect `crop_ratio`) of each
+frame resized to `image_hw` (bilinear for the image, nearest for the labels), horizontal flip,
+colour changes (brightness, contrast, saturation, channel order, grey), ImageNet
+normalisation, cross-entropy over labelled pixels (`IGNORE_LABEL` left out), AdamW or SGD on
+a cosine schedule, BatchNorm in training mode. Evaluation: whole held-out
+frames resized to `image_hw`, BatchNorm in inference mode; pixel accuracy, mIoU and mAcc over
+the classes present (`p2p_jax.metrics`).
+
+Output: `convert.save_teacher_checkpoint` of the ResNet's {"params", "batch_stats"} alone, so
+pretraining loads it with `--config.teacher.checkpoint=<path>` and `teacher.arch` set to the
+same variant.
+"""
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+from PIL import Image
+
+from p2p_jax import metrics as metrics_lib
+from p2p_jax.data import labels as labels_lib
+from p2p_jax.data import pipeline
+from p2p_jax.models import convert, resnet
+from p2p_jax.train import ppkt, trainer
+
+TEACHER_LIST = "scannetv2_teacher.txt"
+LABEL_MAP_FILE = "scannetv2-labels.combined.tsv"
+
+
+class SegmentationNet(nn.Module):
+  """A ResNet with per-pixel class logits from 1x1 convolutions on some of its stages.
+
+  Params are {"backbone": the ResNet's, "head_<layer>": ...}, so the backbone's variables
+  are saved alone in the teacher checkpoint format.
+
+  Attributes:
+    backbone: a `resnet.ResNet`.
+    num_classes: output classes.
+    head_layers: the stages read by the head, e.g. ("layer4",) or ("layer4", "layer3").
+  """
+  backbone: nn.Module
+  num_classes: int = labels_lib.NUM_CLASSES
+  head_layers: Sequence[str] = ("layer4",)
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool = False):
+    """Args: images [B, H, W, 3] normalised (`resnet.preprocess`).
+
+    Returns:
+      (logits [B, H, W, num_classes], the backbone's aux).
+    """
+    _, aux = self.backbone(images, train=train)
+    out_shape = images.shape[:3] + (self.num_classes,)
+    logits = 0.0
+    for layer in self.head_layers:
+      x = nn.Conv(self.num_classes, (1, 1), name=f"head_{layer}")(aux[layer])
+      logits = logits + jax.image.resize(x, out_shape, "bilinear")
+    return logits, aux
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+  """The training crops: size, random resized crop, flip and colour changes.
+
+  Attributes:
+    image_hw: output size.
+    crop_scale: range of the crop's area as a fraction of the frame.
+    crop_ratio: range of the crop's aspect ratio relative to `image_hw`'s (log-uniform).
+    flip_probability: probability of a horizontal flip.
+    color_jitter: brightness, contrast and saturation factors drawn from [1 - s, 1 + s].
+    channel_shuffle_probability: probability of a random permutation of the RGB channels.
+    grayscale_probability: probability of a grey image.
+  """
+  image_hw: tuple[int, int] = (96, 128)
+  crop_scale: tuple[float, float] = (0.35, 1.0)
+  crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+  flip_probability: float = 0.5
+  color_jitter: float = 0.4
+  channel_shuffle_probability: float = 0.5
+  grayscale_probability: float = 0.2
+
+
+# ---------------------------------------------------------------------------------------------
+# Data.
+# ---------------------------------------------------------------------------------------------
+
+
+def split_teacher_scenes(scenes: Sequence[str], holdout_fraction: float,
+                         seed: int) -> tuple[list[str], list[str]]:
+  """(training scenes, held-out scenes) of the teacher: max(1, round(f n)) held out.
+
+  Raises:
+    ValueError: fewer than two scenes (nothing would be left on one side).
+  """
+  scenes = sorted(scenes)
+  if len(scenes) < 2:
+    raise ValueError(f"the teacher needs at least 2 scenes (training and held-out), got "
+                     f"{len(scenes)}; generate more with a larger teacher_fraction")
+  order = np.random.default_rng(seed).permutation(len(scenes))
+  count = min(len(scenes) - 1, max(1, int(round(holdout_fraction * len(scenes)))))
+  held_out = sorted(scenes[i] for i in order[:count])
+  return [s for s in scenes if s not in held_out], held_out
+
+
+def _read_list(path: str) -> list[str]:
+  with open(path) as f:
+    return [line.strip() for line in f if line.strip()]
+
+
+def teacher_export(manual_dir: str, data_dir: str, holdout_fraction: float,
+                   seed: int) -> tuple[str, list[str], list[str]]:
+  """Writes the teacher's export (see the module docstring); returns (its path, train, held out).
+
+  Args:
+    manual_dir: a ScanNet-layout export with `scannetv2_teacher.txt` and the label map.
+    data_dir: where the export and its dataset go.
+    holdout_fraction: share of the teacher scenes held out for evaluation.
+    seed: seeds the held-out choice.
+  """
+  manual_dir = os.path.abspath(manual_dir)
+  list_path = os.path.join(manual_dir, TEACHER_LIST)
+  if not os.path.isfile(list_path):
+    raise FileNotFoundError(
+        f"{list_path}: missing; the teacher trains on scenes disjoint from the pretraining "
+        "and fine-tuning ones: generate the rooms with teacher_fraction > 0 "
+        "(python -m datasets.synthetic_rooms.generate --teacher-fraction 0.2)")
+  train, held_out = split_teacher_scenes(_read_list(list_path), holdout_fraction, seed)
+  digest = hashlib.sha1(json.dumps([manual_dir, train, held_out]).encode()).hexdigest()[:10]
+  root = os.path.join(os.path.abspath(data_dir), f"teacher_{digest}")
+  export = os.path.join(root, "export")
+  if not os.path.isfile(os.path.join(export, "scannetv2_val.txt")):
+    shutil.rmtree(export, ignore_errors=True)  # an interrupted earlier attempt
+    os.makedirs(os.path.join(export, "scans"))
+    for scene in train + held_out:
+      os.symlink(os.path.join(manual_dir, "scans", scene), os.path.join(export, "scans", scene))
+    shutil.copy(os.path.join(manual_dir, LABEL_MAP_FILE), export)
+    for name, scenes in (("scannetv2_train.txt", train), ("scannetv2_val.txt", held_out)):
+      with open(os.path.join(export, name), "w") as f:  # the val list last: marks completion
+        f.writelines(s + "\n" for s in scenes)
+  return root, train, held_out
+
+
+def load_teacher_frames(data: ml_collections.ConfigDict) -> dict[str, dict[str, np.ndarray]]:
+  """The teacher's frames and 2D labels, in memory, generating and building as needed.
+
+  Args:
+    data: the `data` field of a teacher config.
+
+  Returns:
+    {"train": ..., "holdout": ...}, each {"image" uint8 [F, H, W, 3], "label" int32
+    [F, H, W], "scenes": list of the scene names}.
+  """
+  from datasets.scannet_frames import build_frames, load_frames  # pylint: disable=g-import-not-at-top
+  if data.synthetic.scenes and not os.path.isdir(os.path.join(data.manual_dir, "scans")):
+    from datasets.synthetic_rooms import generate  # pylint: disable=g-import-not-at-top
+    s = data.synthetic
+    generate.generate(data.manual_dir, num_scenes=s.scenes, frames_per_scene=s.frames_per_scene,
+                      height=s.height, width=s.width, seed=s.seed, val_fraction=s.val_fraction,
+                      teacher_fraction=s.teacher_fraction, points_per_m2=s.points_per_m2,
+                      progress=True)
+  root, train, held_out = teacher_export(data.manual_dir, data.data_dir, data.holdout_fraction,
+                                         data.holdout_seed)
+  build_frames(os.path.join(root, "export"), os.path.join(root, "tfds"),
+               config=data.frames_config)
+  out = {}
+  for name, split, scenes in (("train", "train", train), ("holdout", "val", held_out)):
+    source = load_frames(os.path.join(root, "tfds"), split, config=data.frames_config)
+    examples = [source[i] for i in range(len(source))]
+    if not examples:
+      raise ValueError(f"no frames in the teacher's {name} scenes {scenes}")
+    if any(e["image"].shape != examples[0]["image"].shape for e in examples):
+      raise ValueError("teacher frames must share one resolution")
+    out[name] = {"image": np.stack([e["image"] for e in examples]).astype(np.uint8),
+                 "label": np.stack([e["label"] for e in examples]).astype(np.int32),
+                 "scenes": scenes}
+  return out
+
+
+def _nearest_indices(start: int, length: int, size: int) -> np.ndarray:
+  """Source rows of a nearest-neighbour resize of [start, start + length) to `size` rows."""
+  rows = start + np.floor((np.arange(size) + 0.5) * (length / size)).astype(np.int64)
+  return np.minimum(rows, start + length - 1)
+
+
+def resize_example(image: np.ndarray, label: np.ndarray, box: tuple[int, int, int, int],
+                   hw: tuple[int, int], flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+  """Crops (top, left, height, width) and resizes: image bilinear, labels nearest."""
+  top, left, h, w = box
+  resized = np.asarray(Image.fromarray(image).resize(
+      (hw[1], hw[0]), Image.BILINEAR, box=(left, top, left + w, top + h)))
+  lab = label[_nearest_indices(top, h, hw[0])[:, None], _nearest_indices(left, w, hw[1])[None]]
+  if flip:
+    resized, lab = resized[:, ::-1], lab[:, ::-1]
+  return np.ascontiguousarray(resized), np.ascontiguousarray(lab)
+
+
+def color_augment(image: np.ndarray, rng: np.random.Generator,
+                  augment: AugmentConfig) -> np.ndarray:
+  """Brightness, contrast, saturation, channel order and grey, drawn from `rng`.
+
+  Object colours of the synthetic rooms are drawn per instance, so colour says little about
+  the class; changing colours keeps the teacher from memorising the training instances'.
+  """
+  x = image.astype(np.float32)
+  s = augment.color_jitter
+  grey = lambda y: (y @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+  x = x * rng.uniform(1 - s, 1 + s)  # brightness
+  x = (x - x.mean()) * rng.uniform(1 - s, 1 + s) + x.mean()  # contrast
+  x = grey(x) + (x - grey(x)) * rng.uniform(1 - s, 1 + s)  # saturation
+  if rng.uniform() < augment.channel_shuffle_probability:
+    x = x[..., rng.permutation(3)]
+  if rng.uniform() < augment.grayscale_probability:
+    x = np.repeat(grey(x), 3, axis=-1)
+  return np.clip(np.round(x), 0, 255).astype(np.uint8)
+
+
+def training_batch(frames: dict[str, np.ndarray], seed: int, step: int, batch_size: int,
+                   augment: AugmentConfig) -> dict[str, np.ndarray]:
+  """Batch `step`: random frames, crops, flips and colours; a function of (seed, step)."""
+  rng = np.random.default_rng((seed, step))
+  crop = pipeline.PairConfig(image_hw=augment.image_hw, crop_scale=augment.crop_scale,
+                             crop_ratio=augment.crop_ratio)
+  images, labels = [], []
+  for i in rng.integers(len(frames["image"]), size=batch_size):
+    box = pipeline.random_crop(rng, frames["image"].shape[1:3], crop)
+    image, label = resize_example(frames["image"][i], frames["label"][i], box, augment.image_hw,
+                                  flip=bool(rng.uniform() < augment.flip_probability))
+    images.append(color_augment(image, rng, augment))
+    labels.append(label)
+  return {"image": np.stack(images), "label": np.stack(labels)}
+
+
+def eval_frames(frames: dict[str, np.ndarray], hw: tuple[int, int]) -> dict[str, np.ndarray]:
+  """Whole frames resized to `hw` (image bilinear, labels nearest)."""
+  full = (0, 0) + frames["image"].shape[1:3]
+  pairs = [resize_example(i, l, full, hw) for i, l in zip(frames["image"], frames["label"])]
+  return {"image": np.stack([p[0] for p in pairs]), "label": np.stack([p[1] for p in pairs])}
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps.
+# ---------------------------------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class TrainState:
+  """What changes while the teacher trains."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+def pixel_cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Mean cross-entropy and pixel accuracy over labelled pixels (labels != IGNORE_LABEL)."""
+  valid = labels != labels_lib.IGNORE_LABEL
+  per_pixel = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, labels, 0))
+  count = jnp.maximum(jnp.sum(valid), 1)
+  correct = (jnp.argmax(logits, -1) == labels) & valid
+  return jnp.sum(jnp.where(valid, per_pixel, 0.0)) / count, jnp.sum(correct) / count
+
+
+@functools.partial(jax.jit, static_argnames=("model", "tx"), donate_argnums=(0,))
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: SegmentationNet,
+               tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One step on a batch of uint8 images and int32 labels; returns the state and metrics."""
+
+  def loss_fn(params):
+    (logits, _), updates = model.apply(
+        {"params": params, "batch_stats": state.batch_stats}, resnet.preprocess(batch["image"]),
+        train=True, mutable=["batch_stats"])
+    loss, accuracy = pixel_cross_entropy(logits, batch["label"])
+    return loss, (updates["batch_stats"], accuracy)
+
+  (loss, (batch_stats, accuracy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                            batch_stats=batch_stats, opt_state=opt_state)
+  return new_state, {"loss": loss, "pixel_accuracy": accuracy}
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def predict(variables: dict, images: jax.Array, *, model: SegmentationNet) -> jax.Array:
+  """Per-pixel classes int32 [B, H, W] in inference mode."""
+  logits, _ = model.apply(variables, resnet.preprocess(images), train=False)
+  return jnp.argmax(logits, -1).astype(jnp.int32)
+
+
+def evaluate(model: SegmentationNet, variables: dict, frames: dict[str, np.ndarray],
+             batch_size: int, num_classes: int = labels_lib.NUM_CLASSES) -> np.ndarray:
+  """The [C, C] confusion matrix over every labelled pixel of `frames`."""
+  confusion = np.zeros((num_classes, num_classes), np.int64)
+  count = len(frames["image"])
+  for start in range(0, count, batch_size):
+    idx = np.arange(start, start + batch_size) % count  # a full last batch: one compile
+    out = np.asarray(predict(variables, frames["image"][idx], model=model))
+    keep = slice(0, min(batch_size, count - start))
+    confusion += metrics_lib.confusion_matrix(frames["label"][idx][keep], out[keep], num_classes)
+  return confusion
+
+
+# ---------------------------------------------------------------------------------------------
+# The run.
+# ---------------------------------------------------------------------------------------------
+
+
+def augment_config(config: ml_collections.ConfigDict) -> AugmentConfig:
+  a = config.augment
+  return AugmentConfig(image_hw=tuple(config.image_hw), crop_scale=tuple(a.crop_scale),
+                       crop_ratio=tuple(a.crop_ratio), flip_probability=a.flip_probability,
+                       color_jitter=a.color_jitter,
+                       channel_shuffle_probability=a.channel_shuffle_probability,
+                       grayscale_probability=a.grayscale_probability)
+
+
+def make_model(config: ml_collections.ConfigDict) -> SegmentationNet:
+  if config.arch not in resnet.VARIANTS:
+    raise ValueError(f"unknown arch {config.arch!r}; expected one of {sorted(resnet.VARIANTS)}")
+  return SegmentationNet(resnet.VARIANTS[config.arch](), head_layers=tuple(config.head_layers))
+
+
+def _json_float(x: float) -> float | None:
+  return None if not np.isfinite(x) else float(x)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *,
+          template: ml_collections.ConfigDict | None = None,
+          progress: bool = True) -> dict[str, Any]:
+  """Trains the teacher, evaluates it on the held-out frames and saves its checkpoint.
+
+  Args:
+    config: a teacher config (experiments/configs/teacher_synthetic.py).
+    workdir: gets `teacher/` (the checkpoint, replaced if present), `metrics.jsonl` and
+      `results.json`.
+    template: the config schema; keys of `config` missing from it are an error.
+    progress: show a progress bar.
+
+  Returns:
+    The results (also in `results.json`): "checkpoint" (the path for
+    `config.teacher.checkpoint`), "arch", "pixel_accuracy", "miou", "macc" (fractions, on the
+    held-out frames), "per_class_iou", "iou_table" (Markdown), "train_loss" (every
+    `log_every`-th step), the scenes and frame counts, and "seconds".
+  """
+  # Setup.
+  start_time = time.perf_counter()
+  if template is not None:
+    trainer.check_config(config, template)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  augment = augment_config(config)
+
+  # Data.
+  frames = load_teacher_frames(config.data)
+  holdout = eval_frames(frames["holdout"], augment.image_hw)
+
+  # Model and optimiser.
+  model = make_model(config)
+  key = jax.random.key(config.seed)
+  example = jnp.zeros((1,) + augment.image_hw + (3,))
+  variables = jax.jit(functools.partial(model.init, train=False))(key, example)
+  if config.init_checkpoint:  # e.g. converted ImageNet weights (experiments/convert_weights.py)
+    backbone = convert.load_teacher_checkpoint(config.init_checkpoint, model.backbone)
+    variables = {"params": {**variables["params"], "backbone": backbone["params"]},
+                 "batch_stats": {"backbone": backbone["batch_stats"]}}
+  o = config.optimizer
+  tx = ppkt.make_optimizer(o.name, learning_rate=o.learning_rate, weight_decay=o.weight_decay,
+                           total_steps=config.total_steps, warmup_steps=o.warmup_steps,
+                           momentum=o.momentum)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                     batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]))
+
+  # Loop.
+  losses = []
+  train_start = time.perf_counter()
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as log:
+    for step in tqdm.tqdm(range(config.total_steps), disable=not progress, desc="teacher"):
+      batch = training_batch(frames["train"], config.seed, step, config.batch_size, augment)
+      state, step_metrics = train_step(state, batch, model=model, tx=tx)
+      if (step + 1) % config.log_every == 0 or step + 1 == config.total_steps:
+        step_metrics = {k: float(v) for k, v in step_metrics.items()}
+        if not np.isfinite(step_metrics["loss"]):
+          raise FloatingPointError(f"non-finite loss {step_metrics['loss']} at step {step + 1}")
+        losses.append(step_metrics["loss"])
+        log.write(json.dumps({"step": step + 1, **step_metrics}) + "\n")
+  jax.block_until_ready(state)
+  train_seconds = time.perf_counter() - train_start
+
+  # Evaluation and checkpoint.
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  confusion = evaluate(model, variables, holdout, config.eval_batch_size)
+  scores = metrics_lib.segmentation_scores(confusion)
+  checkpoint = convert.save_teacher_checkpoint(
+      os.path.join(workdir, "teacher"),
+      {"params": state.params["backbone"], "batch_stats": state.batch_stats["backbone"]},
+      overwrite=True)
+  names = labels_lib.SCANNET20_NAMES
+  results = {
+      "checkpoint": checkpoint,
+      "arch": config.arch,
+      "pixel_accuracy": _json_float(scores["oa"]),
+      "miou": _json_float(scores["miou"]),
+      "macc": _json_float(scores["macc"]),
+      "per_class_iou": {n: _json_float(v) for n, v in zip(names, scores["iou"])},
+      "iou_table": metrics_lib.iou_table(scores, names),
+      "train_scenes": frames["train"]["scenes"],
+      "holdout_scenes": frames["holdout"]["scenes"],
+      "train_frames": len(frames["train"]["image"]),
+      "holdout_frames": len(frames["holdout"]["image"]),
+      "train_loss": losses,
+      "seconds": {"train": train_seconds, "total": time.perf_counter() - start_time},
+  }
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=1)
+  return results

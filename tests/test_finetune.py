@@ -1,0 +1,202 @@
+"""Fine-tuning and linear probing: label subsets, crops, evaluation cover, checkpoint loading,
+the frozen backbone of the probe, and the script end to end on its runlocal config."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import traverse_util
+
+from experiments.configs import finetune_synthetic
+from p2p_jax.models import pointnet2
+from p2p_jax.train import finetune, ppkt, trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CROP = finetune.CropConfig(num_points=128, size=1.0)
+OPTIMIZER = finetune.OptimizerConfig(learning_rate=1e-2, total_steps=10)
+
+
+def test_every_config_builds_and_has_only_known_keys():
+  assert "python -m experiments.finetune" in finetune_synthetic.__doc__
+  for arg in (None, "runlocal"):
+    trainer.check_config(finetune_synthetic.get_config(arg), finetune_synthetic.base())
+  with pytest.raises(ValueError, match="unknown config argument"):
+    finetune_synthetic.get_config("bogus")
+
+
+def test_label_subsets_are_nested_and_fixed_by_the_seed():
+  names = [f"scene{i:04d}_00" for i in range(40)]
+  fractions = (0.01, 0.05, 0.1, 0.25, 1.0)
+  subsets = [finetune.labelled_subset(names, f, seed=3) for f in fractions]
+  assert [len(s) for s in subsets] == [1, 2, 4, 10, 40]
+  for small, large in zip(subsets, subsets[1:]):
+    assert set(small) < set(large)
+  assert subsets[-1] == names
+  # The order the scenes come in does not matter; the seed does.
+  assert finetune.labelled_subset(names[::-1], 0.25, seed=3) == subsets[3]
+  assert finetune.labelled_subset(names, 0.25, seed=4) != subsets[3]
+  assert len(finetune.labelled_subset(names[:3], 0.01, seed=0)) == 1
+  with pytest.raises(ValueError, match="label fraction"):
+    finetune.labelled_subset(names, 0.0, seed=0)
+
+
+def make_scene(num_points=3000, seed=0, size=(3.5, 2.2)):
+  rng = np.random.default_rng(seed)
+  points = rng.uniform((0, 0, 0), size + (2.5,), (num_points, 3)).astype(np.float32)
+  labels = rng.integers(-1, 20, num_points).astype(np.int32)
+  colors = rng.integers(0, 256, (num_points, 3)).astype(np.uint8)
+  return {"points": points, "colors": colors, "labels": labels, "scene": f"scene{seed}"}
+
+
+def test_crops_have_fixed_shapes_and_masks():
+  scene = make_scene()
+  crop = finetune.sample_crop(scene, np.random.default_rng(0), CROP)
+  assert crop["points"].shape == (128, 3) and crop["point_mask"].all()
+  assert np.abs(crop["points"][:, :2]).max() <= 1.1 * CROP.size / 2 * np.sqrt(2) + 0.03
+  sparse = make_scene(num_points=40)
+  crop = finetune.sample_crop(sparse, np.random.default_rng(0), CROP)
+  count = crop["point_mask"].sum()
+  assert 0 < count < 40
+  assert (crop["labels"][count:] == -1).all() and (crop["points"][count:] == 0).all()
+  assert crop["colors"].max() <= 1.0
+  batch = finetune.training_batch([scene, sparse], 7, 3, 4, CROP)
+  again = finetune.training_batch([scene, sparse], 7, 3, 4, CROP)
+  assert batch["points"].shape == (4, 128, 3)
+  for key in batch:
+    np.testing.assert_array_equal(batch[key], again[key])
+
+
+def test_evaluation_cells_cover_every_point_once():
+  scene = make_scene(num_points=5000)
+  prepared = finetune.prepare_eval_scene(scene, CROP)
+  assert len(prepared.blocks) == 4 * 3  # ceil(3.5 / 1) x ceil(2.2 / 1) cells
+  members = np.concatenate(prepared.cells)
+  np.testing.assert_array_equal(np.sort(members), np.arange(5000))
+  for block, cell, nearest in zip(prepared.blocks, prepared.cells, prepared.nearest):
+    drawn = block["point_mask"].sum()
+    assert drawn == min(len(cell), 128) and nearest.max() < drawn
+    # Every drawn point is its own nearest drawn point (same height: blocks are only shifted
+    # horizontally), so the network's prediction for it is kept as it is.
+    assert (block["points"][nearest, 2] == scene["points"][cell, 2]).sum() >= drawn
+  # Labels spread from the drawn points: exact at the drawn ones (128 of about 417 per cell).
+  spread = np.concatenate([b["labels"][n] for b, n in zip(prepared.blocks, prepared.nearest)])
+  assert (spread == scene["labels"][members]).mean() > 0.3
+
+
+def save_student(workdir, variables, step=7):
+  """Writes a "student" item as the pretraining trainer does (plus its other items)."""
+  with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as manager:
+    manager.save(step, args=ocp.args.Composite(
+        student=ocp.args.StandardSave(variables), data=ocp.args.JsonSave({"next_batch": step})))
+    manager.wait_until_finished()
+
+
+def pretrained_student(seed=5):
+  """Variables of the pretraining student: a tiny PointNet++ with a projection head."""
+  model = pointnet2.PointModel(pointnet2.PointNet2Tiny(bn_axis_name=ppkt.AXIS),
+                               pointnet2.ProjectionHead(16))
+  variables = jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, 64, 3)),
+                                  jnp.zeros((1, 64, 3)), jnp.ones((1, 64), bool))
+  # Non-trivial statistics, so a forgotten batch_stats copy would show.
+  return jax.tree.map(lambda x: x + jax.random.uniform(jax.random.key(seed), x.shape),
+                      dict(variables))
+
+
+def test_loading_a_pretraining_checkpoint_fills_the_backbone_and_keeps_a_fresh_head(tmp_path):
+  saved = pretrained_student()
+  save_student(str(tmp_path), saved)
+  model = finetune.make_model("pointnet2_tiny", "finetune", head_hidden=8)
+  fresh = finetune.init_variables(model, jax.random.key(0), 128)
+  for path in (str(tmp_path), str(tmp_path / "checkpoints"), str(tmp_path / "checkpoints" / "7")):
+    loaded, step = finetune.load_student_backbone(path, model, fresh)
+    assert step == 7
+    for collection in ("params", "batch_stats"):
+      for a, b in zip(jax.tree.leaves(loaded[collection]["backbone"]),
+                      jax.tree.leaves(saved[collection]["backbone"]), strict=True):
+        np.testing.assert_array_equal(a, b)
+      for a, b in zip(jax.tree.leaves(loaded[collection]["head"]),
+                      jax.tree.leaves(fresh[collection]["head"]), strict=True):
+        np.testing.assert_array_equal(a, b)
+  with pytest.raises(FileNotFoundError, match="no pretraining checkpoint"):
+    finetune.load_student_backbone(str(tmp_path / "nowhere"), model, fresh)
+
+
+def test_a_mismatched_checkpoint_names_every_problem(tmp_path):
+  flat = traverse_util.flatten_dict(pretrained_student())
+  del flat["params", "backbone", "sa2", "SharedMLP_0", "PointwiseDense_0", "kernel"]
+  flat["params", "backbone", "fp1", "SharedMLP_0", "PointwiseDense_0", "kernel"] = jnp.zeros(
+      (3, 5))
+  flat["batch_stats", "backbone", "sa9", "mean"] = jnp.zeros(4)
+  save_student(str(tmp_path), traverse_util.unflatten_dict(flat))
+  model = finetune.make_model("pointnet2_tiny", "linear_probe")
+  fresh = finetune.init_variables(model, jax.random.key(0), 128)
+  with pytest.raises(ValueError) as error:
+    finetune.load_student_backbone(str(tmp_path), model, fresh)
+  message = str(error.value)
+  assert "3 problem(s)" in message
+  assert "missing: params/backbone/sa2/SharedMLP_0/PointwiseDense_0/kernel (expected shape " \
+         "(35, 32))" in message
+  assert ("shape mismatch: params/backbone/fp1/SharedMLP_0/PointwiseDense_0/kernel expected "
+          "(64, 32), found (3, 5)") in message
+  assert "unexpected: batch_stats/backbone/sa9/mean (found shape (4,))" in message
+
+
+def run_steps(mode, variables, model, steps=3):
+  tx = finetune.make_optimizer(OPTIMIZER, mode)
+  state = finetune.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                              batch_stats=variables["batch_stats"],
+                              opt_state=tx.init(variables["params"]))
+  scenes = [make_scene(seed=i) for i in range(2)]
+  for step in range(steps):
+    batch = finetune.training_batch(scenes, 0, step, 2, CROP)
+    state, metrics = finetune.train_step(state, batch, jax.random.key(step), model=model,
+                                         optimizer=OPTIMIZER, mode=mode)
+    assert np.isfinite(float(metrics["loss"]))
+  return state
+
+
+def test_linear_probe_leaves_the_backbone_unchanged():
+  model = finetune.make_model("pointnet2_tiny", "linear_probe")
+  variables = finetune.init_variables(model, jax.random.key(0), 128)
+  before = jax.tree.map(np.array, variables)
+  state = run_steps("linear_probe", variables, model, steps=2)
+  for a, b in zip(jax.tree.leaves(state.params["backbone"]),
+                  jax.tree.leaves(before["params"]["backbone"]), strict=True):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(jax.tree.leaves(state.batch_stats), jax.tree.leaves(before["batch_stats"]),
+                  strict=True):
+    np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(state.params["head"]["Dense_0"]["kernel"],
+                            before["params"]["head"]["Dense_0"]["kernel"])
+
+
+def test_script_runlocal_trains_and_evaluates_every_point(tmp_path):
+  workdir = str(tmp_path / "work")
+  config = finetune_synthetic.get_config("runlocal")
+  save_student(str(tmp_path / "pretrain"), pretrained_student())
+  done = subprocess.run(
+      [sys.executable, "-m", "experiments.finetune", "--config",
+       "experiments/configs/finetune_synthetic.py:runlocal", "--workdir", workdir,
+       f"--config.data.manual_dir={tmp_path}/rooms", f"--config.data.data_dir={tmp_path}/tfds",
+       f"--config.init.checkpoint={tmp_path}/pretrain"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "mIoU" in done.stdout and "| wall |" in done.stdout
+  results = json.load(open(os.path.join(workdir, "results.json")))
+  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  losses = [r["loss"] for r in records]
+  assert len(losses) == config.total_steps
+  assert np.mean(losses[-5:]) < np.mean(losses[:5]), losses
+  assert results["init_step"] == 7 and results["mode"] == "finetune"
+  assert 0 <= results["miou"] <= 1 and 0 <= results["oa"] <= 1
+  # Every labelled point of the val scenes is evaluated.
+  from datasets.scannet_scenes import load_scenes  # pylint: disable=g-import-not-at-top
+  val = load_scenes(f"{tmp_path}/tfds", "val")
+  assert results["eval_points"] == sum(int((val[i]["labels"] >= 0).sum())
+                                       for i in range(len(val)))

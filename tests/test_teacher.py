@@ -1,0 +1,102 @@
+"""2D teacher training: scene splits, crops, the model, and the script end to end on its
+runlocal config, with a checkpoint that pretraining can load."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments.configs import teacher_synthetic
+from p2p_jax.models import convert, resnet
+from p2p_jax.train import teacher, trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_every_config_builds_and_has_only_known_keys():
+  assert "python -m experiments.train_teacher" in teacher_synthetic.__doc__
+  for arg in (None, "runlocal"):
+    config = teacher_synthetic.get_config(arg)
+    trainer.check_config(config, teacher_synthetic.base())
+    assert config.arch in resnet.VARIANTS and config.data.frames_config.endswith("_labels")
+  with pytest.raises(ValueError, match="unknown config argument"):
+    teacher_synthetic.get_config("bogus")
+
+
+def test_held_out_scenes_are_disjoint_and_seeded():
+  scenes = [f"scene{i:04d}_00" for i in range(10)]
+  train, held_out = teacher.split_teacher_scenes(scenes, 0.2, seed=0)
+  assert len(held_out) == 2 and sorted(train + held_out) == scenes
+  assert not set(train) & set(held_out)
+  assert teacher.split_teacher_scenes(scenes[::-1], 0.2, seed=0) == (train, held_out)
+  assert teacher.split_teacher_scenes(scenes[:2], 0.01, seed=0)[1] != []
+  with pytest.raises(ValueError, match="at least 2 scenes"):
+    teacher.split_teacher_scenes(scenes[:1], 0.2, seed=0)
+
+
+def test_crops_keep_labels_exact():
+  rng = np.random.default_rng(0)
+  label = rng.integers(-1, 20, (12, 16)).astype(np.int32)
+  image = rng.integers(0, 256, (12, 16, 3)).astype(np.uint8)
+  # Identity box and size: nothing changes; a flip mirrors both.
+  same_image, same_label = teacher.resize_example(image, label, (0, 0, 12, 16), (12, 16))
+  np.testing.assert_array_equal(same_label, label)
+  np.testing.assert_array_equal(same_image, image)
+  _, flipped = teacher.resize_example(image, label, (0, 0, 12, 16), (12, 16), flip=True)
+  np.testing.assert_array_equal(flipped, label[:, ::-1])
+  # Halving a crop takes every other pixel of it (the one under each target centre).
+  _, half = teacher.resize_example(image, label, (2, 4, 8, 12), (4, 6))
+  np.testing.assert_array_equal(half, label[3:10:2, 5:16:2])
+  frames = {"image": np.stack([image] * 3), "label": np.stack([label] * 3)}
+  batch = teacher.training_batch(frames, 0, 5, 4, teacher.AugmentConfig(image_hw=(6, 8)))
+  assert batch["image"].shape == (4, 6, 8, 3) and batch["label"].shape == (4, 6, 8)
+  assert set(np.unique(batch["label"])) <= set(np.unique(label))
+
+
+def test_segmentation_net_logits_at_input_resolution():
+  model = teacher.SegmentationNet(resnet.ResNetTiny(), num_classes=5,
+                                  head_layers=("layer4", "layer3"))
+  variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((2, 40, 56, 3)))
+  logits, aux = jax.eval_shape(model.apply, variables, jnp.ones((2, 40, 56, 3)))
+  assert logits.shape == (2, 40, 56, 5) and "layer4" in aux
+  assert set(variables["params"]) == {"backbone", "head_layer4", "head_layer3"}
+
+
+def test_missing_teacher_list_is_explained(tmp_path):
+  os.makedirs(tmp_path / "scans")
+  with pytest.raises(FileNotFoundError, match="teacher_fraction > 0"):
+    teacher.teacher_export(str(tmp_path), str(tmp_path / "tfds"), 0.2, 0)
+
+
+def test_script_runlocal_trains_and_its_checkpoint_loads(tmp_path):
+  workdir = str(tmp_path / "work")
+  config = teacher_synthetic.get_config("runlocal")
+  done = subprocess.run(
+      [sys.executable, "-m", "experiments.train_teacher", "--config",
+       "experiments/configs/teacher_synthetic.py:runlocal", "--workdir", workdir,
+       f"--config.data.manual_dir={tmp_path}/rooms", f"--config.data.data_dir={tmp_path}/tfds"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "pixel accuracy" in done.stdout and "teacher checkpoint" in done.stdout
+  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  losses = [r["loss"] for r in records]
+  assert len(losses) == config.total_steps
+  assert np.mean(losses[-5:]) < np.mean(losses[:5]), losses
+  results = json.load(open(os.path.join(workdir, "results.json")))
+  assert 0 <= results["pixel_accuracy"] <= 1 and results["holdout_frames"] > 0
+  # The teacher's scenes are the generator's teacher split, disjoint from train and val.
+  listed = lambda name: set(open(tmp_path / "rooms" / name).read().split())
+  ours = set(results["train_scenes"]) | set(results["holdout_scenes"])
+  assert ours == listed("scannetv2_teacher.txt")
+  assert not ours & (listed("scannetv2_train.txt") | listed("scannetv2_val.txt"))
+  # Pretraining loads the checkpoint as its teacher.
+  model = resnet.VARIANTS[config.arch]()
+  variables = convert.load_teacher_checkpoint(results["checkpoint"], model)
+  features, _ = resnet.frozen_features(model, variables, jnp.zeros((1, 48, 64, 3)))
+  assert features.shape == (1, 2, 2, model.feature_dim)
+  assert np.isfinite(np.asarray(features)).all()
