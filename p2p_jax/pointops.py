@@ -245,7 +245,14 @@ def gather_points(values: jax.Array, idx: jax.Array) -> jax.Array:
   idx = jnp.asarray(idx)
   if values.shape[0] != idx.shape[0]:
     raise ValueError(f"batch sizes differ: values {values.shape}, idx {idx.shape}")
-  return jax.vmap(lambda v, i: v[i])(values, idx)
+  batch, num = values.shape[:2]
+  # NumPy index semantics per batch (negative wraps, out of range clamps), then one row
+  # gather from the flattened batch: XLA on CPU runs it many times faster than a gather
+  # with a batch dimension (and its transpose, a scatter-add, likewise).
+  idx = jnp.clip(jnp.where(idx < 0, idx + num, idx), 0, num - 1)
+  rows = idx + (jnp.arange(batch, dtype=idx.dtype) * num).reshape((batch,) + (1,) * (idx.ndim - 1))
+  flat = values.reshape((batch * num,) + values.shape[2:])
+  return flat[rows.reshape(-1)].reshape(idx.shape + values.shape[2:])
 
 
 def group(points: jax.Array, centers: jax.Array, idx: jax.Array,

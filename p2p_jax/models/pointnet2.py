@@ -175,6 +175,15 @@ def PointNet2Seg(**kwargs) -> PointNet2:  # noqa: N802 (a named variant, like a 
   return PointNet2(sa_levels=S3DIS_SA_LEVELS, fp_mlps=S3DIS_FP_MLPS, **kwargs)
 
 
+def PointNet2Small(**kwargs) -> PointNet2:  # noqa: N802
+  """A 3-level backbone for CPU-sized studies (2-4k points per cloud, radii for rooms in
+  metres); 64 features per point."""
+  levels = (SALevel(512, (0.2,), (16,), ((32, 32, 64),)),
+            SALevel(128, (0.4,), (16,), ((64, 64, 128),)),
+            SALevel(32, (0.8,), (16,), ((128, 128, 256),)))
+  return PointNet2(sa_levels=levels, fp_mlps=((256, 128), (128, 128), (64, 64)), **kwargs)
+
+
 def PointNet2Tiny(**kwargs) -> PointNet2:  # noqa: N802
   """A two-level test variant, with a multi-scale first level."""
   levels = (SALevel(32, (0.2, 0.4), (8, 16), ((8, 16), (8, 16))),

@@ -36,10 +36,14 @@ import tqdm
 from jax.experimental import multihost_utils
 
 from p2p_jax.data import frame_pairs, pipeline, teacher_cache
-from p2p_jax.models import convert, pointnet2, projector, resnet
+from p2p_jax.models import convert, pointnet2, projector, resnet, sparse_unet
 from p2p_jax.train import pointcontrast, ppkt
 
-STUDENTS = {"pointnet2_seg": pointnet2.PointNet2Seg, "pointnet2_tiny": pointnet2.PointNet2Tiny}
+# The 3D students, by config name: PointNet++ and the paper's sparse residual U-Nets.
+STUDENTS = {"pointnet2_seg": pointnet2.PointNet2Seg, "pointnet2_small": pointnet2.PointNet2Small,
+            "pointnet2_tiny": pointnet2.PointNet2Tiny,
+            "sr_unet34c": sparse_unet.SparseUNet34C, "sr_unet18a": sparse_unet.SparseUNet18A,
+            "sr_unet14a": sparse_unet.SparseUNet14A, "sr_unet_tiny": sparse_unet.SparseUNetTiny}
 
 
 def check_config(config: ml_collections.ConfigDict, template: ml_collections.ConfigDict,
