@@ -10,7 +10,9 @@ each as the median of `--repeats` runs after compilation:
 - building the voxel pyramid and all kernel maps (voxelisation, five 3x3x3 maps, four
   stride-2 maps), alone;
 - Res16UNet34C forward, and forward + backward (gradients of all parameters), training-mode
-  BatchNorm, maps included; level capacities are the room's voxel counts plus 10 %;
+  BatchNorm, maps included; level capacities are the room's voxel counts plus 10 %. The
+  convolutions compute all 27 offsets of every voxel; the header line gives how many are
+  occupied on average per level (the useful share);
 - PointNet++ (the classic 4-level S3DIS network, `pointnet2.PointNet2Seg`) forward + backward
   on the same points.
 
@@ -82,8 +84,14 @@ def main(argv=None):
   num = points.shape[1]
 
   # Capacities from the room's own voxel counts, with 10 % to spare.
-  counts = jax.jit(lambda p, c, m: sparse_unet.build_levels(
-      p, c, m, args.voxel_size, (num,) * 5).num_voxels)(points, colors, mask)[0]
+  def occupancy(p, c, m):
+    levels = sparse_unet.build_levels(p, c, m, args.voxel_size, (num,) * 5)
+    # Occupied 3x3x3 offsets per voxel: the convolutions' useful share of the 27 they compute.
+    neighbours = [jnp.sum((k.neighbours < len(k.neighbours)) & mk[:, None]) / jnp.sum(mk)
+                  for k, mk in zip(levels.kmaps, levels.masks)]
+    return levels.num_voxels[0], jnp.stack(neighbours)
+
+  counts, neighbours = jax.jit(occupancy)(points, colors, mask)
   caps = [int(8 * math.ceil(1.1 * int(c) / 8)) for c in counts]
   model = sparse_unet.SparseUNet34C(voxel_size=args.voxel_size, capacity=caps[0],
                                     coarse_capacity_ratios=[c / caps[0] for c in caps[1:]])
@@ -120,7 +128,8 @@ def main(argv=None):
                f"{ms:9.1f}", f"{mib:7.1f} MiB", f"compile {compile_s:5.1f} s", ""))
 
   print(f"synthetic room 1 (seed 0): {num} points, voxel {args.voxel_size} m, occupied voxels "
-        f"per level {[int(c) for c in counts]}, capacities {caps}")
+        f"per level {[int(c) for c in counts]}, capacities {caps}, occupied 3x3x3 offsets per "
+        f"voxel {[round(float(n), 1) for n in neighbours]} of 27")
   print_table(rows, f"batch 1, median of {args.repeats} runs; columns: ms, peak memory, "
               "compile time, note")
 

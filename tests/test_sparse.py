@@ -186,6 +186,27 @@ def test_strided_and_transposed_conv_match_dense():
                              rtol=1e-4, atol=1e-3)
 
 
+def test_conv_backward_keeps_no_gathered_neighbours():
+  """The backward of stacked convolutions holds about one [M, 27 C] gather at a time.
+
+  Re-gathering the input in the backward let XLA share that gather with the forward's and keep
+  every layer's [M, 27 C] temporary until its backward (5 gathers' worth here; 8.5 GB for
+  Res16UNet34C on a 45k-voxel room).
+  """
+  rows, channels, layers = 2000, 32, 4
+  neighbours = jnp.asarray(np.random.default_rng(0).integers(0, rows + 1, (rows, 27)), jnp.int32)
+
+  def loss(x, kernels):
+    for kernel in kernels:
+      x = jnp.tanh(sparse.conv(x, sparse.KernelMap(neighbours), kernel))
+    return jnp.sum(x)
+
+  compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(
+      jnp.ones((rows, channels)), jnp.ones((layers, 27, channels, channels))).compile()
+  gather_bytes = rows * 27 * channels * 4
+  assert compiled.memory_analysis().temp_size_in_bytes < 2 * gather_bytes
+
+
 def test_padding_rows_change_nothing():
   """More padding rows (with garbage coordinates) leave every valid output unchanged."""
   rng = np.random.default_rng(4)
