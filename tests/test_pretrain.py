@@ -233,11 +233,15 @@ def test_teacher_cache_run_matches_the_uncached_run(uninterrupted, tmp_path):
   for cache in (False, True):
     c = ml_collections.ConfigDict(config.to_dict())
     c.total_steps, c.pairs.views_per_frame, c.teacher.cache = 4, 2, cache
+    c.teacher.layer = "layer3"  # a finer map than the default layer4, both ways
     results[cache] = trainer.train(c, str(tmp_path / f"cache_{cache}"), template=common.base())
   assert os.path.exists(tmp_path / "cache_True" / "teacher_cache" / "cache.json")
   assert not os.path.exists(tmp_path / "cache_False" / "teacher_cache")
   for key in ("loss", "pair_accuracy", "param_norm"):
     assert results[True][key] == pytest.approx(results[False][key], rel=2e-3), key
+  _, restored = restore_state(str(tmp_path / "cache_True"))
+  # ResNetTiny: layer3 has 16 x 4 channels, layer4 32 x 4.
+  assert restored["state"]["params"]["projector"]["conv1x1"]["kernel"].shape[0] == 64
   c = ml_collections.ConfigDict(config.to_dict())
   c.teacher.cache = True  # views_per_frame = 0: fresh crops cannot be cached
   with pytest.raises(ValueError, match="views_per_frame > 0"):

@@ -27,7 +27,7 @@ def cache(tmp_path_factory):
   metadata = teacher_cache.cache_metadata(teacher="tiny", num_frames=len(frames), seed=0,
                                           config=VIEWS, checkpoint="random init")
   built = teacher_cache.build_cache(directory, frames,
-                                    teacher_cache.teacher_layer4(teacher, variables), VIEWS,
+                                    teacher_cache.teacher_features(teacher, variables), VIEWS,
                                     seed=0, metadata=metadata, batch_size=5, progress=False)
   return built, frames, teacher, variables, metadata
 
@@ -56,12 +56,12 @@ def test_batches_with_a_cache_carry_the_views_features_and_the_same_geometry(cac
                                      process_index=0, process_count=1, cache=built)
   for i in (0, 3):
     a, b = plain[i], cached[i]
-    assert "layer4" not in a and "image" not in b
+    assert "teacher_features" not in a and "image" not in b
     for key in a.keys() - {"image"}:
       np.testing.assert_array_equal(a[key], b[key])
     images = a["image"].reshape((-1,) + a["image"].shape[2:])
     expected, _ = resnet.frozen_features(teacher, variables, resnet.preprocess(images))
-    np.testing.assert_allclose(b["layer4"].reshape(expected.shape), expected, rtol=2e-3,
+    np.testing.assert_allclose(b["teacher_features"].reshape(expected.shape), expected, rtol=2e-3,
                                atol=2e-3)
 
 

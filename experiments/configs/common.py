@@ -33,6 +33,7 @@ def base() -> ml_collections.ConfigDict:
   c.teacher = ml_collections.ConfigDict(dict(
       arch="resnet50",
       checkpoint="",  # from experiments/convert_weights.py; empty = random (warns)
+      layer="layer4",  # the feature map the UPL reads (the paper's); "layer3" is stride 16
       # Compute layer4 of every view once (needs pairs.views_per_frame > 0), in cache_dir
       # (default <workdir>/teacher_cache), and skip the teacher in the step.
       cache=False,

@@ -130,11 +130,11 @@ def augment_frame(record: dict[str, Any], rng: np.random.Generator, config: Pair
     config: the pipeline configuration.
     seed: the run's seed, which fixes the views when `config.views_per_frame` > 0.
     cache: a `teacher_cache.TeacherCache` of the views: the output then carries the cached
-      "layer4" of the chosen view instead of the "image".
+      "teacher_features" of the chosen view instead of the "image".
 
   Returns:
     Fixed-shape arrays: "image" uint8 [h, w, 3] (the augmented teacher input) or, with a
-    cache, "layer4" float16 [h', w', C] (its teacher features), "frame_image" uint8 [H, W, 3]
+    cache, "teacher_features" float16 [h', w', C] of it, "frame_image" uint8 [H, W, 3]
     (the whole frame, for point colours), "depth" uint16 [H, W], the camera fields, "crop"
     int32 (top, left, height, width), "flip" bool, "rotation" and "scale" float32, "seed"
     uint32 (for the device half's sampling and jitter), "frame" int32.
@@ -156,7 +156,7 @@ def augment_frame(record: dict[str, Any], rng: np.random.Generator, config: Pair
   if cache is None:
     teacher = {"image": teacher_image(image, crop, flip, config.image_hw)}
   else:
-    teacher = {"layer4": cache.features(int(record["index"]))[view]}
+    teacher = {"teacher_features": cache.features(int(record["index"]))[view]}
   return {
       **teacher,
       "frame_image": image,
@@ -305,7 +305,7 @@ def pretrain_dataset(source: Sequence[dict[str, Any]],
     process_index: this process's slice (default `jax.process_index()`).
     process_count: number of processes (default `jax.process_count()`).
     cache: a `teacher_cache.TeacherCache` of this source's views: batches then carry the
-      teacher's "layer4" features instead of its "image".
+      teacher's features ("teacher_features") instead of its "image".
 
   Returns:
     A `grain.MapDataset`; index it (`ds[i]`) for random access, or iterate with `prefetch`.

@@ -1,4 +1,5 @@
-"""A cache of the frozen teacher's layer4 features, computed once and read every epoch.
+"""A cache of the frozen teacher's features (layer4, or the layer the UPL reads), computed
+once and read every epoch.
 
 The teacher never changes during pretraining, so its features of an image need computing only
 once. What it sees is the augmented frame (crop, resize, flip), so only a fixed set of views
@@ -77,10 +78,11 @@ class TeacherCache:
     self.metadata = state["metadata"]
 
 
-def teacher_layer4(teacher: resnet.ResNet, variables: Any) -> Callable[[np.ndarray], jax.Array]:
-  """A jitted uint8 images [B, h, w, 3] -> frozen layer4 features [B, h', w', C]."""
+def teacher_features(teacher: resnet.ResNet, variables: Any,
+                     layer: str = "layer4") -> Callable[[np.ndarray], jax.Array]:
+  """A jitted uint8 images [B, h, w, 3] -> the frozen teacher's `layer` [B, h', w', C]."""
   return jax.jit(lambda images: resnet.frozen_features(
-      teacher, variables, resnet.preprocess(images))[0])
+      teacher, variables, resnet.preprocess(images))[1][layer])
 
 
 def build_cache(directory: str, source: Sequence[dict[str, Any]],
@@ -95,7 +97,7 @@ def build_cache(directory: str, source: Sequence[dict[str, Any]],
   Args:
     directory: where the cache goes (created).
     source: the random-access frames the pretraining reads, in the same order.
-    layer4: uint8 images [B, h, w, 3] -> features, e.g. `teacher_layer4(...)`.
+    layer4: uint8 images [B, h, w, 3] -> features, e.g. `teacher_features(...)`.
     config: the pipeline configuration; `views_per_frame` must be > 0.
     seed: the pretraining seed, which fixes the views.
     metadata: `cache_metadata(...)` of these settings.

@@ -134,7 +134,7 @@ def _global_norm(tree) -> jax.Array:
 def train_step(state: TrainState, teacher_variables: Any, host_batch: dict[str, jax.Array], *,
                model: PPKTModel, teacher: resnet.ResNet, tx: optax.GradientTransformation,
                pair_config: pipeline.PairConfig, loss_config: LossConfig,
-               schedule: Callable[[jax.Array], jax.Array]):
+               schedule: Callable[[jax.Array], jax.Array], teacher_layer: str = "layer4"):
   """One optimisation step on one device's share of the batch; run it under `jax.pmap`
   with axis name `AXIS` (see `make_train_step`).
 
@@ -142,23 +142,26 @@ def train_step(state: TrainState, teacher_variables: Any, host_batch: dict[str, 
     state: this device's replica of the state.
     teacher_variables: the frozen teacher's {"params", "batch_stats"}.
     host_batch: this device's [per_device, ...] host batch from `pipeline.pretrain_dataset`;
-      with a teacher cache it carries the teacher's "layer4" and the teacher is not run.
+      with a teacher cache it carries the "teacher_features" and the teacher is not run.
     model: the trainable model (its student's BatchNorm must use `bn_axis_name=AXIS`).
     teacher: the teacher network.
     tx: the optimiser.
     pair_config: the pipeline configuration (shapes of points and pairs).
     loss_config: the PP-NCE settings.
     schedule: the learning-rate schedule, for logging.
+    teacher_layer: the teacher's feature map the UPL reads: "layer4" (stride 32, the
+      paper's) or a finer stage ("layer3", stride 16) for low-resolution images.
 
   Returns:
     (new state, metrics): the metrics are means over all devices' pairs.
   """
   batch = pipeline.make_pairs(host_batch, pair_config)
-  if "layer4" in host_batch:  # from a teacher cache (p2p_jax.data.teacher_cache)
-    layer4 = host_batch["layer4"].astype(jnp.float32)
+  if "teacher_features" in host_batch:  # from a cache (p2p_jax.data.teacher_cache)
+    layer4 = host_batch["teacher_features"].astype(jnp.float32)
   else:
-    layer4, _ = resnet.frozen_features(teacher, teacher_variables,
+    _, stages = resnet.frozen_features(teacher, teacher_variables,
                                        resnet.preprocess(batch["image"]))
+    layer4 = stages[teacher_layer]
   layer4 = lax.stop_gradient(layer4)
   where = batch["pair_mask"].reshape(-1)
   devices = lax.psum(1, AXIS)

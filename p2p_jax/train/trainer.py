@@ -106,13 +106,15 @@ def open_teacher_cache(config: ml_collections.ConfigDict, workdir: str, source, 
   directory = config.teacher.cache_dir or os.path.join(workdir, "teacher_cache")
   metadata = teacher_cache.cache_metadata(
       teacher=config.teacher.arch, num_frames=len(source), seed=config.seed, config=pairs,
+      layer=config.teacher.layer,
       checkpoint=os.path.abspath(config.teacher.checkpoint) if config.teacher.checkpoint else
       f"random init, seed {config.seed + 1}",
       data=[os.path.abspath(config.data.data_dir), config.data.frames_config, config.data.split])
   if jax.process_index() == 0 and not os.path.exists(
       os.path.join(directory, teacher_cache.METADATA)):
     teacher_cache.build_cache(directory, source,
-                              teacher_cache.teacher_layer4(teacher, teacher_variables), pairs,
+                              teacher_cache.teacher_features(teacher, teacher_variables,
+                                                             config.teacher.layer), pairs,
                               seed=config.seed, metadata=metadata)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("teacher cache built")
@@ -146,16 +148,18 @@ def setup_ppkt(config, workdir, source, *, student, tx, schedule, devices):
   example = jax.tree.map(lambda s: jnp.zeros(s.shape[1:], s.dtype), jax.eval_shape(
       lambda b: pipeline.make_pairs(b, pairs), first))
   if cache is None:
-    layer4 = jax.eval_shape(lambda v, x: teacher.apply(v, x)[0], teacher_variables,
+    layer4 = jax.eval_shape(lambda v, x: teacher.apply(v, x)[1][config.teacher.layer],
+                            teacher_variables,
                             resnet.preprocess(example["image"])).shape
     teacher_variables = ppkt.replicate(teacher_variables, devices)
   else:
-    layer4 = first["layer4"].shape[1:]
+    layer4 = first["teacher_features"].shape[1:]
     teacher_variables = {}  # the step reads the cache instead
   init = lambda key: ppkt.init_state(model, tx, key, jnp.zeros(layer4), example,
                                      image_hw=pairs.image_hw)
   step = ppkt.make_train_step(devices=devices, model=model, teacher=teacher, tx=tx,
                               pair_config=pairs, schedule=schedule,
+                              teacher_layer=config.teacher.layer,
                               loss_config=_loss_config(config, ppkt.LossConfig))
   return dataset, init, lambda state, batch: step(state, teacher_variables, batch)
 
