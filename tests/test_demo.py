@@ -1,25 +1,59 @@
-"""The demo script end to end, and the consistency of the frames it renders."""
+"""The main job end to end on its tiny configuration: every stage, results/, resumption."""
+
+import json
+import os
 
 import numpy as np
+import trimesh
 
 from experiments import demo
-from p2p_jax import geometry
+from experiments.configs import demo as demo_config
 
 
-def test_rendered_frames_back_project_onto_the_room_surfaces():
-  depth, labels, intrinsics, poses = demo.make_frames(3, np.random.default_rng(0))
-  points, valid = geometry.back_project(depth, intrinsics, poses)
-  points, valid = np.asarray(points), np.asarray(valid)
-  assert valid.mean() > 0.9
-  p = points[valid]
-  assert np.all(p > -0.01) and np.all(p < demo.ROOM + 0.01)
-  # Floor pixels (label 4: the z = 0 face) back-project onto z = 0 (depth is rounded to mm).
-  floor = valid & (labels == 4)
-  assert floor.sum() > 0
-  np.testing.assert_allclose(points[floor][:, 2], 0.0, atol=0.01)
+def test_every_run_of_the_study_is_listed_once():
+  c = demo_config.get_config()
+  runs = demo.study_runs(c)
+  names = [r["name"] for r in runs]
+  assert len(names) == len(set(names))
+  per_init = sum(c.study.seeds) + c.study.probe_seeds
+  assert len(runs) == len(c.study.inits) * per_init
+  assert {r["fraction"] for r in runs} == set(c.study.fractions)
+  # At least 3 seeds for the small label fractions.
+  assert all(s >= 3 for f, s in zip(c.study.fractions, c.study.seeds) if f <= 0.05)
 
 
-def test_demo_trains_on_eight_devices(capsys):
-  assert demo.main(["--steps", "12", "--frames", "2"]) == 0
-  out = capsys.readouterr().out
-  assert "on 8 device(s)" in out and "OK: loss fell" in out
+def test_demo_runs_every_stage_writes_results_and_resumes(tmp_path):
+  workdir, results = str(tmp_path / "work"), str(tmp_path / "results")
+  args = ["--config", "experiments/configs/demo.py:runlocal", "--workdir", workdir,
+          "--results", results]
+  assert demo.main(args) == 0
+  for name in ("results.md", "results.json", "label_efficiency.png", "features_view.png",
+               "features_scene.png", "features_ppkt.ply", "features_scratch.ply",
+               "features_pointcontrast.ply"):
+    assert os.path.getsize(os.path.join(results, name)) > 0, name
+  table = open(os.path.join(results, "results.md")).read()
+  for row in ("| scratch |", "| PointContrast |", "| PPKT |"):
+    assert row in table
+  report = json.load(open(os.path.join(results, "results.json")))
+  c = demo_config.get_config("runlocal")
+  assert len(report["runs"]) == len(demo.study_runs(c))
+  for init in c.study.inits:
+    stats = report["table"][init]["0.25"]
+    miou = [r["miou"] for r in report["runs"] if r["init"] == init and r["fraction"] == 0.25
+            and r["mode"] == "finetune"]
+    assert stats["runs"] == 2 and np.isclose(stats["miou"], np.mean(miou))
+    assert 0 <= stats["miou"] <= 1
+  cloud = trimesh.load(os.path.join(results, "features_ppkt.ply"))
+  assert len(cloud.vertices) > 100 and np.asarray(cloud.colors).shape[1] == 4
+
+  # Interrupted after one run was lost: a restart redoes that run only.
+  runs_dir = os.path.join(workdir, "finetune")
+  lost = os.path.join(runs_dir, "finetune_ppkt_1_seed0", "summary.json")
+  kept = os.path.join(runs_dir, "finetune_scratch_0.25_seed1", "summary.json")
+  kept_mtime = os.path.getmtime(kept)
+  metrics = os.path.join(workdir, "ppkt", "metrics.jsonl")
+  pretraining_log = open(metrics).read()
+  os.remove(lost)
+  assert demo.main(args) == 0
+  assert os.path.exists(lost) and os.path.getmtime(kept) == kept_mtime
+  assert open(metrics).read() == pretraining_log  # finished pretraining is not rerun

@@ -1,0 +1,252 @@
+"""The demo's `results/`: table, JSON, label-efficiency plot, PCA pictures and .ply exports.
+
+    results/
+      results.md              mIoU (mean +- std over seeds) per init and label fraction, linear
+                              probes, per-class IoU at the smallest fraction, the teacher's 2D
+                              scores, pretraining metrics and stage timings
+      results.json            the same figures, and every run's
+      label_efficiency.png    mIoU against the label fraction, one line per init
+      features_view.png       one val frame: RGB, 2D teacher features, 3D features per init
+      features_scene.png      one val scene from above, 3D features per init
+      features_<init>.ply     that scene's points coloured by its 3D features' PCA
+"""
+
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from p2p_jax import geometry, viz
+from p2p_jax.data import labels as labels_lib
+from p2p_jax.data import pipeline
+from p2p_jax.models import convert, resnet
+from p2p_jax.train import finetune
+
+NAMES = {"scratch": "scratch", "pointcontrast": "PointContrast", "ppkt": "PPKT"}
+
+
+def aggregate(c: ml_collections.ConfigDict, runs: list[dict[str, Any]]) -> dict[str, Any]:
+  """mIoU/mAcc/OA mean and std over seeds per (init, fraction), and per-init probes."""
+  table = {}
+  for init in c.study.inits:
+    rows = {}
+    for fraction in c.study.fractions:
+      chosen = [r for r in runs if r["init"] == init and r["mode"] == "finetune"
+                and r["fraction"] == fraction]
+      rows[f"{fraction:g}"] = _stats(chosen)
+    rows["linear_probe"] = _stats([r for r in runs if r["init"] == init
+                                   and r["mode"] == "linear_probe"])
+    table[init] = rows
+  return table
+
+
+def _stats(runs: list[dict[str, Any]]) -> dict[str, Any]:
+  out = {"runs": len(runs)}
+  for key in ("miou", "macc", "oa"):
+    values = np.array([r[key] for r in runs], np.float64)
+    out[key] = float(values.mean()) if len(values) else None
+    out[key + "_std"] = float(values.std()) if len(values) else None
+  return out
+
+
+def _cell(stats: dict[str, Any]) -> str:
+  if stats["miou"] is None:
+    return "-"
+  text = f"{100 * stats['miou']:.1f}"
+  return text + (f" ± {100 * stats['miou_std']:.1f}" if stats["runs"] > 1 else "")
+
+
+def markdown(c, table, runs, teacher_result, pretrained, timings) -> str:
+  fractions = [f"{f:g}" for f in c.study.fractions]
+  lines = ["# Label-efficient 3D semantic segmentation on the synthetic rooms", "",
+           f"Student: `{c.student}`; val scenes: every point, ScanNet-20 classes present in "
+           "the ground truth. mIoU in %, mean ± std over seeds "
+           f"(seeds per fraction: {', '.join(str(s) for s in c.study.seeds)}).", "",
+           "| init | " + " | ".join(f"{100 * float(f):g}% labels" for f in fractions)
+           + " | linear probe |",
+           "|---" * (len(fractions) + 2) + "|"]
+  for init in c.study.inits:
+    row = table[init]
+    lines.append(f"| {NAMES[init]} | " + " | ".join(_cell(row[f]) for f in fractions)
+                 + f" | {_cell(row['linear_probe'])} |")
+  if "ppkt" in table and "scratch" in table:
+    gains = [table["ppkt"][f]["miou"] - table["scratch"][f]["miou"] for f in fractions]
+    lines += ["", "PPKT - scratch (mIoU points): "
+              + ", ".join(f"{100 * float(f):g}%: {100 * g:+.1f}" for f, g in zip(fractions, gains))]
+    probe = (table["ppkt"]["linear_probe"]["miou"], table["scratch"]["linear_probe"]["miou"])
+    lines.append(f"Linear probe, PPKT / randomly initialised student: "
+                 f"{100 * probe[0]:.1f} / {100 * probe[1]:.1f} = {probe[0] / max(probe[1], 1e-9):.2f}x")
+  smallest = f"{c.study.fractions[0]:g}"
+  lines += ["", f"## Per-class IoU at {100 * c.study.fractions[0]:g}% labels (seed 0)", "",
+            "| class | " + " | ".join(NAMES[i] for i in c.study.inits) + " |",
+            "|---" * (len(c.study.inits) + 1) + "|"]
+  per_class = {i: next((r["per_class_iou"] for r in runs if r["init"] == i and r["mode"] ==
+                        "finetune" and f"{r['fraction']:g}" == smallest and r["seed"] == 0), {})
+               for i in c.study.inits}
+  for _, name in labels_lib.SCANNET20:
+    cells = [per_class[i].get(name) for i in c.study.inits]
+    if all(v is None for v in cells):
+      continue
+    lines.append(f"| {name} | " + " | ".join("n/a" if v is None else f"{100 * v:.1f}"
+                                              for v in cells) + " |")
+  lines += ["", "## Stages", "",
+            f"- Teacher ({c.teacher.arch}, {c.teacher.total_steps} steps on the teacher "
+            f"scenes' 2D labels): held-out pixel accuracy {100 * teacher_result['pixel_accuracy']:.1f}%, "
+            f"2D mIoU {100 * teacher_result['miou']:.1f}%."]
+  for method, last in pretrained.items():
+    if last:
+      lines.append(f"- {NAMES[method]} pretraining, {last['step']} steps: final loss "
+                   f"{last['loss']:.3f}, pair top-1 {100 * last['pair_accuracy']:.1f}%.")
+  lines.append("- Time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
+               + f"; total {sum(timings.values()) / 60:.1f} min.")
+  return "\n".join(lines) + "\n"
+
+
+def plot(path: str, c, table) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(5.5, 4))
+  x = np.array(c.study.fractions) * 100
+  for init in c.study.inits:
+    rows = [table[init][f"{f:g}"] for f in c.study.fractions]
+    y = np.array([100 * r["miou"] for r in rows])
+    err = np.array([100 * r["miou_std"] for r in rows])
+    line = ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=NAMES[init])
+    probe = table[init]["linear_probe"]["miou"]
+    if probe is not None:
+      ax.axhline(100 * probe, ls=":", color=line[0].get_color(), lw=1)
+  ax.set_xscale("log")
+  ax.set_xticks(x)
+  ax.set_xticklabels([f"{v:g}%" for v in x])
+  ax.set_xlabel("labelled training scenes")
+  ax.set_ylabel("val mIoU (%)")
+  ax.set_title("fine-tuning (lines) and linear probes (dotted)", fontsize=9)
+  ax.legend()
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def _backbones(configs, checkpoints, inits):
+  """Each init's backbone as a function (points, colors, mask) -> features."""
+  f = configs["finetune"]
+  model = finetune.make_model(f.student, "linear_probe")
+  variables = finetune.init_variables(model, jax.random.key(f.seed), f.crop.num_points)
+  out = {}
+  for init in inits:
+    v = variables
+    if checkpoints[init]:
+      v, _ = finetune.load_student_backbone(checkpoints[init], model, variables)
+    apply = jax.jit(lambda v, p, c, m: model.apply(v, p, c, m, train=False)[1]["features"])
+    out[init] = lambda p, c, m, v=v, apply=apply: np.asarray(apply(v, p, c, m))
+  return out
+
+
+def feature_pictures(results_dir, c, configs, workdir, checkpoints) -> list[str]:
+  """PCA pictures of one val frame (2D teacher and 3D features) and one val scene."""
+  from datasets.scannet_frames import load_frames  # pylint: disable=g-import-not-at-top
+  written = []
+  backbones = _backbones(configs, checkpoints, c.study.inits)
+  p = configs["ppkt"]
+  frames = load_frames(p.data.data_dir, "val", config=p.data.frames_config)
+  # The first val scene's frame with the most depth variation: a view into the room.
+  candidates = [frames[i] for i in range(min(len(frames), c.world.frames_per_scene))]
+  frame = max(candidates, key=lambda fr: float(np.std(np.asarray(fr["depth"], np.float32))))
+  scene_name = frame["scene"].decode() if isinstance(frame["scene"], bytes) else frame["scene"]
+  depth = np.asarray(frame["depth"])
+  image = np.asarray(frame["image"], np.uint8)
+  cam_points, valid = geometry.back_project(jnp.asarray(depth),
+                                            jnp.asarray(frame["depth_intrinsics"]))
+  world = np.asarray(geometry.transform_points(jnp.asarray(frame["cam_to_world"]), cam_points))
+  valid = np.asarray(valid)
+  rows, cols = np.nonzero(valid)
+  points = world[rows, cols]
+  points = points - np.array([*points[:, :2].mean(axis=0), 0.0], np.float32)
+  colors = image[rows, cols].astype(np.float32) / 255.0  # colour is at depth resolution
+  mask = np.ones(len(points), bool)
+
+  teacher_model = resnet.VARIANTS[c.teacher.arch]()
+  teacher_vars = convert.load_teacher_checkpoint(p.teacher.checkpoint, teacher_model)
+  teacher_in = pipeline.teacher_image(image, (0, 0, *depth.shape), False,
+                                      tuple(p.pairs.image_hw))
+  _, stages = resnet.frozen_features(teacher_model, teacher_vars,
+                                     resnet.preprocess(teacher_in[None]))
+  fmap = stages[p.teacher.layer][0]
+  dense = jax.image.resize(fmap, depth.shape + (fmap.shape[-1],), "bilinear")
+  dense = np.asarray(dense).reshape(-1, fmap.shape[-1])
+  teacher_pca = viz.pca_colors(dense).reshape(depth.shape + (3,))
+  panels = [("RGB", image), (f"2D teacher ({c.teacher.arch} {p.teacher.layer})", teacher_pca)]
+  for init, backbone in backbones.items():
+    feats = backbone(points[None], colors[None], mask[None])[0]
+    panels.append((f"3D: {NAMES[init]}", viz.splat(np.stack([rows, cols], 1),
+                                                   viz.pca_colors(feats), depth.shape)))
+  path = os.path.join(results_dir, "features_view.png")
+  viz.save_panels(path, panels, title=f"val frame {scene_name}/{frame['frame']}: "
+                  "first 3 principal components of the features as RGB")
+  written.append(path)
+
+  # A whole val scene: per-cell blocks as in evaluation, features spread to every point.
+  f = configs["finetune"]
+  scene = finetune.load_split(f.data, "val")[0]
+  crop = finetune.crop_config(f)
+  prepared = finetune.prepare_eval_scene(scene, crop)
+  panels = [("RGB", None)]
+  scene_feats = {}
+  for init, backbone in backbones.items():
+    feats = None
+    for block, members, nearest in zip(prepared.blocks, prepared.cells, prepared.nearest):
+      out = backbone(block["points"][None], block["colors"][None], block["point_mask"][None])[0]
+      if feats is None:
+        feats = np.zeros((len(scene["points"]), out.shape[-1]), np.float32)
+      feats[members] = out[nearest]
+    scene_feats[init] = viz.pca_colors(feats)
+    ply = os.path.join(results_dir, f"features_{init}.ply")
+    viz.write_ply(ply, scene["points"], scene_feats[init], labels=scene["labels"])
+    written.append(ply)
+  written.append(_top_view(os.path.join(results_dir, "features_scene.png"), scene, scene_feats))
+  return written
+
+
+def _top_view(path, scene, scene_feats) -> str:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  points = scene["points"]
+  order = np.argsort(points[:, 2])  # higher points drawn last, as seen from above
+  below_ceiling = points[order, 2] < np.percentile(points[:, 2], 90)
+  order = order[below_ceiling]
+  panels = [("RGB", scene["colors"] / 255.0)] + [(NAMES[k], v) for k, v in scene_feats.items()]
+  fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.2))
+  for ax, (title, colors) in zip(axes, panels):
+    ax.scatter(points[order, 0], points[order, 1], c=colors[order], s=1.0, linewidths=0)
+    ax.set_title(title, fontsize=9)
+    ax.set_aspect("equal")
+    ax.axis("off")
+  fig.suptitle(f"val scene {scene['scene']} from above (ceiling removed): 3D features' PCA",
+               fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def write_results(results_dir, c, configs, workdir, runs, teacher_result, pretrained,
+                  checkpoints, timings) -> None:
+  os.makedirs(results_dir, exist_ok=True)
+  table = aggregate(c, runs)
+  with open(os.path.join(results_dir, "results.md"), "w") as f:
+    f.write(markdown(c, table, runs, teacher_result, pretrained, timings))
+  plot(os.path.join(results_dir, "label_efficiency.png"), c, table)
+  pictures = feature_pictures(results_dir, c, configs, workdir, checkpoints)
+  with open(os.path.join(results_dir, "results.json"), "w") as f:
+    json.dump({"table": table, "runs": runs, "teacher": teacher_result,
+               "pretraining": pretrained, "timings_seconds": timings,
+               "config": c.to_dict(), "pictures": [os.path.basename(p) for p in pictures]},
+              f, indent=1, default=str)
+  print(open(os.path.join(results_dir, "results.md")).read())
