@@ -266,3 +266,20 @@ def test_pointcontrast_runlocal_trains_through_the_same_loop(uninterrupted, tmp_
   config.method = "bogus"
   with pytest.raises(ValueError, match="unknown method 'bogus'"):
     trainer.train(config, str(tmp_path / "bogus"))
+
+
+def test_the_papers_sparse_unet_student_pretrains_through_the_same_loop(uninterrupted, tmp_path):
+  ppkt_config, _, _ = uninterrupted
+  config = runlocal(tmp_path, "ppkt_scannet")
+  assert config.student == "sr_unet_tiny"
+  assert importlib.import_module("experiments.configs.ppkt_scannet").get_config().student == (
+      "sr_unet34c")
+  config.data.manual_dir, config.data.data_dir = (ppkt_config.data.manual_dir,
+                                                  ppkt_config.data.data_dir)
+  config.total_steps = 8
+  last = trainer.train(config, str(tmp_path / "work"), template=common.base())
+  records = [json.loads(line) for line in open(tmp_path / "work" / "metrics.jsonl")]
+  assert last["step"] == 8 and all(np.isfinite(r["loss"]) for r in records)
+  assert records[-1]["loss"] < records[0]["loss"]
+  _, restored = restore_state(str(tmp_path / "work"))
+  assert "backbone" in restored["student"]["params"]
