@@ -47,7 +47,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -418,13 +417,7 @@ def make_optimizer(optimizer: OptimizerConfig, mode: str) -> optax.GradientTrans
       lambda params: {k: "freeze" if k == "backbone" else "train" for k in params})
 
 
-@flax.struct.dataclass
-class TrainState:
-  """What changes during fine-tuning."""
-  step: jax.Array
-  params: Any
-  batch_stats: Any
-  opt_state: Any
+TrainState = ppkt.TrainState
 
 
 def masked_cross_entropy(logits: jax.Array, labels: jax.Array,

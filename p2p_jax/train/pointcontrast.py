@@ -92,10 +92,6 @@ def init_state(model: PointContrastModel, tx: optax.GradientTransformation, key:
                     opt_state=tx.init(variables["params"]))
 
 
-def _global_norm(tree) -> jax.Array:
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
-
-
 def train_step(state: TrainState, host_batch: dict[str, jax.Array], *,
                model: PointContrastModel, tx: optax.GradientTransformation,
                match_config: frame_pairs.MatchConfig, loss_config: LossConfig,
@@ -137,26 +133,8 @@ def train_step(state: TrainState, host_batch: dict[str, jax.Array], *,
     loss = jnp.sum(per_pair) * devices / total
     return loss, (updates["batch_stats"], feats_a, feats_b)
 
-  (loss, (batch_stats, feats_a, feats_b)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
-  grads = lax.pmean(grads, AXIS)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  stats = losses.contrastive_metrics(flat(feats_a), flat(feats_b), where=where,
-                                     axis_name=negatives_axis)
-  metrics = {
-      "loss": lax.pmean(loss, AXIS),
-      **{k: lax.psum(jnp.sum(v), AXIS) / total for k, v in stats.items()},
-      "pairs": total,
-      "learning_rate": schedule(state.step),
-      "grad_norm": _global_norm(grads),
-      "param_norm": _global_norm(params),
-      "update_norm": _global_norm(updates),
-  }
-  metrics["pair_accuracy"] = metrics.pop("correct")
-  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                            opt_state=opt_state)
-  return new_state, metrics
+  return ppkt.contrastive_update(state, loss_fn, tx=tx, schedule=schedule, where=where,
+                                 total=total, negatives_axis=negatives_axis)
 
 
 def make_train_step(devices=None, **kwargs):

@@ -80,7 +80,8 @@ class PPKTModel(nn.Module):
 
 @flax.struct.dataclass
 class TrainState:
-  """Everything that changes during pretraining (the teacher does not)."""
+  """Everything that changes in training (in PPKT, the teacher does not); also the state of
+  PointContrast, fine-tuning and teacher training."""
   step: jax.Array
   params: Any
   batch_stats: Any
@@ -181,12 +182,36 @@ def train_step(state: TrainState, teacher_variables: Any, host_batch: dict[str, 
     loss = jnp.sum(per_pair) * devices / total
     return loss, (updates["batch_stats"], point_feats, pixel_feats)
 
-  (loss, (batch_stats, point_feats, pixel_feats)), grads = jax.value_and_grad(
+  return contrastive_update(state, loss_fn, tx=tx, schedule=schedule, where=where,
+                            total=total, negatives_axis=negatives_axis)
+
+
+def contrastive_update(state: TrainState, loss_fn, *, tx: optax.GradientTransformation,
+                       schedule: Callable[[jax.Array], jax.Array], where: jax.Array,
+                       total: jax.Array, negatives_axis: str | None):
+  """The shared end of a contrastive step under `jax.pmap` (PPKT's and PointContrast's).
+
+  Args:
+    state: this device's replica.
+    loss_fn: params -> (this device's scaled loss share, (new batch_stats, anchors [..., D],
+      positives [..., D])).
+    tx: the optimiser.
+    schedule: the learning-rate schedule, for logging.
+    where: [K] bool, this device's real pairs.
+    total: the number of real pairs over all devices.
+    negatives_axis: the loss's `axis_name` (None: negatives from this device only).
+
+  Returns:
+    (new state, metrics): gradients averaged over `AXIS`, one optimiser update, and the loss,
+    contrastive diagnostics, pair count, learning rate and gradient/parameter/update norms.
+  """
+  flat = lambda x: x.reshape((-1, x.shape[-1]))
+  (loss, (batch_stats, anchors, positives)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
   grads = lax.pmean(grads, AXIS)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  stats = losses.contrastive_metrics(flat(point_feats), flat(pixel_feats), where=where,
+  stats = losses.contrastive_metrics(flat(anchors), flat(positives), where=where,
                                      axis_name=negatives_axis)
   metrics = {
       "loss": lax.pmean(loss, AXIS),

@@ -40,7 +40,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -275,13 +274,7 @@ def eval_frames(frames: dict[str, np.ndarray], hw: tuple[int, int]) -> dict[str,
 # ---------------------------------------------------------------------------------------------
 
 
-@flax.struct.dataclass
-class TrainState:
-  """What changes while the teacher trains."""
-  step: jax.Array
-  params: Any
-  batch_stats: Any
-  opt_state: Any
+TrainState = ppkt.TrainState
 
 
 def pixel_cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
