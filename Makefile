@@ -27,6 +27,7 @@ bench: install
 	$(PY) -m experiments.benchmark_models
 	$(PY) -m experiments.benchmark_data
 	$(PY) -m experiments.benchmark_pretrain
+	$(PY) -m experiments.benchmark_sparse
 
 clean:
 	rm -rf $(VENV) .pytest_cache
