@@ -43,6 +43,7 @@ import numpy as np
 from jax import lax
 
 from p2p_jax import geometry, pointops
+from p2p_jax.data import pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -485,10 +486,8 @@ def make_matches(batch: dict[str, jax.Array], config: MatchConfig) -> dict[str, 
   if config.num_matches > config.num_points:
     raise ValueError(f"num_matches ({config.num_matches}) must be <= num_points "
                      f"({config.num_points})")
-  lead = batch["depth"].ndim - 3
-  fn = functools.partial(_matches_one, config=config)
-  for _ in range(lead):
-    fn = jax.vmap(fn)
+  fn = pipeline.vmap_leading(functools.partial(_matches_one, config=config),
+                             batch["depth"].ndim - 3)
   return fn({k: batch[k] for k in FRAME_FIELDS[1:-1] + (
       "frame_image", "rotation", "scale", "seed")})
 
@@ -497,11 +496,6 @@ def make_matches(batch: dict[str, jax.Array], config: MatchConfig) -> dict[str, 
 def make_matches_jit(batch: dict[str, jax.Array], config: MatchConfig) -> dict[str, jax.Array]:
   """`make_matches` compiled, for use on the host CPU or outside a training step."""
   return make_matches(batch, config)
-
-
-def _stack(records: Sequence[dict[str, np.ndarray]], lead: tuple[int, ...]):
-  return {k: np.stack([r[k] for r in records]).reshape(lead + np.shape(records[0][k]))
-          for k in records[0]}
 
 
 class _ReadPair:
@@ -570,8 +564,6 @@ def pointcontrast_dataset(source: Sequence[dict[str, Any]],
   ds = ds.repeat(num_epochs)
   ds = ds.map(_ReadPair(source))
   ds = ds.random_map(functools.partial(augment_pair, config=config), seed=seed)
-  # Lazy: batching and slicing only decide which pairs a process reads, so each process
-  # reads and augments just its own slice.
-  lead = (num_devices, per_device_batch)
-  ds = ds.batch(local, drop_remainder=True, batch_fn=lambda records: _stack(records, lead))
-  return ds[process_index::process_count]
+  return pipeline.process_batches(ds, num_devices=num_devices,
+                                  per_device_batch=per_device_batch,
+                                  process_index=process_index, process_count=process_count)

@@ -253,10 +253,7 @@ def make_pairs(batch: dict[str, jax.Array], config: PairConfig) -> dict[str, jax
     (row, col) in "image", "pair_points" int32 [K] into the points, "pair_mask" [K], and
     "world_from_points" float32 [4, 4], the inverse of the rotation, scaling and centring.
   """
-  lead = batch["depth"].ndim - 2
-  fn = functools.partial(_pairs_one, config=config)
-  for _ in range(lead):
-    fn = jax.vmap(fn)
+  fn = vmap_leading(functools.partial(_pairs_one, config=config), batch["depth"].ndim - 2)
   out = fn({k: batch[k] for k in FRAME_FIELDS[1:-1] + (
       "frame_image", "crop", "flip", "rotation", "scale", "seed")})
   return {"image": batch["image"], **out} if "image" in batch else out
@@ -268,9 +265,31 @@ def make_pairs_jit(batch: dict[str, jax.Array], config: PairConfig) -> dict[str,
   return make_pairs(batch, config)
 
 
+def vmap_leading(fn, lead: int):
+  """`fn` vmapped over `lead` leading axes of every argument."""
+  for _ in range(lead):
+    fn = jax.vmap(fn)
+  return fn
+
+
 def _stack(records: Sequence[dict[str, np.ndarray]], lead: tuple[int, ...]):
   return {k: np.stack([r[k] for r in records]).reshape(lead + np.shape(records[0][k]))
           for k in records[0]}
+
+
+def process_batches(ds: grain.MapDataset, *, num_devices: int, per_device_batch: int,
+                    process_index: int, process_count: int) -> grain.MapDataset:
+  """This process's slices [num_devices, per_device_batch, ...] of the global batches of `ds`.
+
+  Global batch i is the elements [i G, (i + 1) G) of `ds` (G = num_devices x per_device_batch
+  x process_count), and process p takes [p L, (p + 1) L) of it (L = G / process_count). Lazy:
+  batching and slicing only decide which elements a process reads, so each process reads and
+  augments just its own slice.
+  """
+  lead = (num_devices, per_device_batch)
+  ds = ds.batch(num_devices * per_device_batch, drop_remainder=True,
+                batch_fn=lambda records: _stack(records, lead))
+  return ds[process_index::process_count]
 
 
 def pretrain_dataset(source: Sequence[dict[str, Any]],
@@ -324,11 +343,8 @@ def pretrain_dataset(source: Sequence[dict[str, Any]],
   ds = ds.repeat(num_epochs)
   ds = ds.random_map(functools.partial(augment_frame, config=config, seed=seed, cache=cache),
                      seed=seed)
-  # Lazy: batching and slicing only decide which frames a process reads, so each process
-  # reads and augments just its own slice.
-  lead = (num_devices, per_device_batch)
-  ds = ds.batch(local, drop_remainder=True, batch_fn=lambda records: _stack(records, lead))
-  return ds[process_index::process_count]
+  return process_batches(ds, num_devices=num_devices, per_device_batch=per_device_batch,
+                         process_index=process_index, process_count=process_count)
 
 
 def prefetch(dataset: grain.MapDataset, *, start: int = 0, num_threads: int = 2,
