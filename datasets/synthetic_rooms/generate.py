@@ -35,6 +35,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import scipy.ndimage
@@ -1486,6 +1487,22 @@ def _splits(rng: np.random.Generator, scenes: list[str], val_fraction: float,
   pick = lambda idx: sorted(scenes[i] for i in idx)
   return {"teacher": pick(order[:teacher]), "val": pick(order[teacher:teacher + val]),
           "train": pick(order[teacher + val:])}
+
+
+def generate_if_asked(out_dir: str, settings: Any) -> bool:
+  """Generates rooms into `out_dir` as a config's `data.synthetic` says, unless its `scenes`
+  is 0 or `out_dir` already holds scans/. Returns whether it generated.
+
+  Args:
+    out_dir: the export root.
+    settings: a mapping (or ConfigDict) with `scenes` and any keyword of `generate`.
+  """
+  s = dict(settings.to_dict() if hasattr(settings, "to_dict") else settings)
+  scenes = s.pop("scenes", 0)
+  if not scenes or os.path.isdir(os.path.join(out_dir, "scans")):
+    return False
+  generate(out_dir, num_scenes=scenes, progress=True, **s)
+  return True
 
 
 def generate(out_dir: str, *, num_scenes: int, frames_per_scene: int, height: int = 240,

@@ -117,13 +117,8 @@ def load_split(data: ml_collections.ConfigDict, split: str) -> list[dict[str, An
     [{"points" float32 [P, 3], "colors" uint8 [P, 3], "labels" int32 [P], "scene" str}].
   """
   from datasets.scannet_scenes import build_scenes, load_scenes  # pylint: disable=g-import-not-at-top
-  if data.synthetic.scenes and not os.path.isdir(os.path.join(data.manual_dir, "scans")):
-    from datasets.synthetic_rooms import generate  # pylint: disable=g-import-not-at-top
-    s = data.synthetic
-    generate.generate(data.manual_dir, num_scenes=s.scenes, frames_per_scene=s.frames_per_scene,
-                      height=s.height, width=s.width, seed=s.seed, val_fraction=s.val_fraction,
-                      teacher_fraction=s.teacher_fraction, points_per_m2=s.points_per_m2,
-                      progress=True)
+  from datasets.synthetic_rooms import generate  # pylint: disable=g-import-not-at-top
+  generate.generate_if_asked(data.manual_dir, data.synthetic)
   build_scenes(data.manual_dir, data.data_dir)
   source = load_scenes(data.data_dir, split)
   scenes = []

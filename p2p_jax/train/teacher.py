@@ -183,13 +183,8 @@ def load_teacher_frames(data: ml_collections.ConfigDict) -> dict[str, dict[str, 
     [F, H, W], "scenes": list of the scene names}.
   """
   from datasets.scannet_frames import build_frames, load_frames  # pylint: disable=g-import-not-at-top
-  if data.synthetic.scenes and not os.path.isdir(os.path.join(data.manual_dir, "scans")):
-    from datasets.synthetic_rooms import generate  # pylint: disable=g-import-not-at-top
-    s = data.synthetic
-    generate.generate(data.manual_dir, num_scenes=s.scenes, frames_per_scene=s.frames_per_scene,
-                      height=s.height, width=s.width, seed=s.seed, val_fraction=s.val_fraction,
-                      teacher_fraction=s.teacher_fraction, points_per_m2=s.points_per_m2,
-                      progress=True)
+  from datasets.synthetic_rooms import generate  # pylint: disable=g-import-not-at-top
+  generate.generate_if_asked(data.manual_dir, data.synthetic)
   root, train, held_out = teacher_export(data.manual_dir, data.data_dir, data.holdout_fraction,
                                          data.holdout_seed)
   build_frames(os.path.join(root, "export"), os.path.join(root, "tfds"),

@@ -77,12 +77,8 @@ def pair_config(config: ml_collections.ConfigDict) -> pipeline.PairConfig:
 def load_frames(data: ml_collections.ConfigDict):
   """The frames source; generates synthetic rooms and builds the dataset when asked."""
   from datasets.scannet_frames import build_frames, load_frames as load  # pylint: disable=g-import-not-at-top
-  if data.synthetic.scenes and not os.path.isdir(os.path.join(data.manual_dir, "scans")):
-    from datasets.synthetic_rooms import generate  # pylint: disable=g-import-not-at-top
-    s = data.synthetic
-    generate.generate(data.manual_dir, num_scenes=s.scenes, frames_per_scene=s.frames_per_scene,
-                      height=s.height, width=s.width, seed=s.seed, val_fraction=s.val_fraction,
-                      progress=True)
+  from datasets.synthetic_rooms import generate  # pylint: disable=g-import-not-at-top
+  generate.generate_if_asked(data.manual_dir, data.synthetic)
   build_frames(data.manual_dir, data.data_dir, config=data.frames_config)
   return load(data.data_dir, data.split, config=data.frames_config)
 
