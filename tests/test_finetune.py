@@ -147,33 +147,26 @@ def test_a_mismatched_checkpoint_names_every_problem(tmp_path):
   assert "unexpected: batch_stats/backbone/sa9/mean (found shape (4,))" in message
 
 
-def run_steps(mode, variables, model, steps=3):
-  tx = finetune.make_optimizer(OPTIMIZER, mode)
-  state = finetune.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                              batch_stats=variables["batch_stats"],
-                              opt_state=tx.init(variables["params"]))
-  scenes = [make_scene(seed=i) for i in range(2)]
-  for step in range(steps):
-    batch = finetune.training_batch(scenes, 0, step, 2, CROP)
-    state, metrics = finetune.train_step(state, batch, jax.random.key(step), model=model,
-                                         optimizer=OPTIMIZER, mode=mode)
-    assert np.isfinite(float(metrics["loss"]))
-  return state
-
-
-def test_linear_probe_leaves_the_backbone_unchanged():
-  model = finetune.make_model("pointnet2_tiny", "linear_probe")
-  variables = finetune.init_variables(model, jax.random.key(0), 128)
-  before = jax.tree.map(np.array, variables)
-  state = run_steps("linear_probe", variables, model, steps=2)
-  for a, b in zip(jax.tree.leaves(state.params["backbone"]),
-                  jax.tree.leaves(before["params"]["backbone"]), strict=True):
-    np.testing.assert_array_equal(a, b)
-  for a, b in zip(jax.tree.leaves(state.batch_stats), jax.tree.leaves(before["batch_stats"]),
-                  strict=True):
-    np.testing.assert_array_equal(a, b)
-  assert not np.array_equal(state.params["head"]["Dense_0"]["kernel"],
-                            before["params"]["head"]["Dense_0"]["kernel"])
+def test_linear_probe_runs_on_cached_features_of_the_frozen_backbone(tmp_path):
+  """The probe run: the pretrained backbone is read, never changed, and every val point is
+  labelled through the probe."""
+  save_student(str(tmp_path / "pretrain"), pretrained_student())
+  config = finetune_synthetic.base()
+  config.update(student="pointnet2_tiny", mode="linear_probe", batch_size=2, total_steps=40,
+                log_every=10)
+  config.crop.num_points = 128
+  config.crop.size = 1.0
+  config.init.checkpoint = str(tmp_path / "pretrain")
+  crop = finetune.crop_config(config)
+  train = [make_scene(seed=i) for i in range(3)]
+  val = [finetune.prepare_eval_scene(make_scene(seed=9), crop)]
+  data = finetune.SceneData(train=train, val=val, crop=crop)
+  results = finetune.train_and_evaluate(config, str(tmp_path / "probe"), data=data,
+                                        progress=False)
+  assert results["mode"] == "linear_probe" and results["init_step"] == 7
+  assert results["train_steps"] == [10, 20, 30, 40]
+  assert results["eval_points"] == int((val[0].labels >= 0).sum())
+  assert sorted(data.train_tiles) == sorted(s["scene"] for s in train)  # tiled once, kept
 
 
 def test_script_runlocal_trains_and_evaluates_every_point(tmp_path):

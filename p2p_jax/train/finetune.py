@@ -273,10 +273,19 @@ class SceneData:
     train: the training scenes (`load_split`).
     val: the held-out scenes prepared for evaluation.
     crop: the crop settings `val` was prepared with.
+    train_tiles: training scenes tiled like `val` (for linear probes), filled on first use.
   """
   train: list[dict[str, Any]]
   val: list[EvalScene]
   crop: CropConfig
+  train_tiles: dict[str, EvalScene] = dataclasses.field(default_factory=dict)
+
+  def tiles(self, names: Sequence[str]) -> list[EvalScene]:
+    """The named training scenes tiled without augmentation, as the val scenes are."""
+    for i, scene in enumerate(self.train):
+      if scene["scene"] in names and scene["scene"] not in self.train_tiles:
+        self.train_tiles[scene["scene"]] = prepare_eval_scene(scene, self.crop, seed=i)
+    return [self.train_tiles[n] for n in names]
 
 
 def load_data(config: ml_collections.ConfigDict) -> SceneData:
@@ -399,17 +408,12 @@ def load_student_backbone(path: str, model: pointnet2.PointModel,
   return out, step
 
 
-def make_optimizer(optimizer: OptimizerConfig, mode: str) -> optax.GradientTransformation:
-  """The optimiser of a mode: linear probing sets every backbone update to zero."""
-  tx = ppkt.make_optimizer(optimizer.name, learning_rate=optimizer.learning_rate,
-                           weight_decay=optimizer.weight_decay,
-                           total_steps=optimizer.total_steps,
-                           warmup_steps=optimizer.warmup_steps, momentum=optimizer.momentum)
-  if mode == "finetune":
-    return tx
-  return optax.multi_transform(
-      {"train": tx, "freeze": optax.set_to_zero()},
-      lambda params: {k: "freeze" if k == "backbone" else "train" for k in params})
+def make_optimizer(optimizer: OptimizerConfig) -> optax.GradientTransformation:
+  """The optimiser and schedule of `optimizer` (see `ppkt.make_optimizer`)."""
+  return ppkt.make_optimizer(optimizer.name, learning_rate=optimizer.learning_rate,
+                             weight_decay=optimizer.weight_decay,
+                             total_steps=optimizer.total_steps,
+                             warmup_steps=optimizer.warmup_steps, momentum=optimizer.momentum)
 
 
 TrainState = ppkt.TrainState
@@ -439,11 +443,11 @@ def _global_norm(tree) -> jax.Array:
   return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
 
 
-@functools.partial(jax.jit, static_argnames=("model", "optimizer", "mode"), donate_argnums=(0,))
+@functools.partial(jax.jit, static_argnames=("model", "optimizer"), donate_argnums=(0,))
 def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array, *,
-               model: pointnet2.PointModel, optimizer: OptimizerConfig,
-               mode: str) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One step of fine-tuning or linear probing on a batch of crops.
+               model: pointnet2.PointModel,
+               optimizer: OptimizerConfig) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One fine-tuning step on a batch of crops (BatchNorm in training mode, dropout on).
 
   Args:
     state: the state, donated.
@@ -451,28 +455,18 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array, *
     key: dropout randomness of this step.
     model: the `make_model` model (static).
     optimizer: the optimiser settings (static).
-    mode: "finetune" or "linear_probe" (static).
 
   Returns:
     (new state, {"loss", "accuracy", "learning_rate", "grad_norm"}).
   """
-  tx = make_optimizer(optimizer, mode)
-  probe = mode == "linear_probe"
+  tx = make_optimizer(optimizer)
 
   def loss_fn(params):
-    if probe:  # no gradient reaches the backbone, and none is computed through it
-      params = {**params, "backbone": jax.lax.stop_gradient(params["backbone"])}
-    variables = {"params": params, "batch_stats": state.batch_stats}
-    inputs = (batch["points"], batch["colors"], batch["point_mask"])
-    if probe:
-      logits, _ = model.apply(variables, *inputs, train=False)
-      batch_stats = state.batch_stats
-    else:
-      (logits, _), updates = model.apply(variables, *inputs, train=True,
-                                         mutable=["batch_stats"], rngs={"dropout": key})
-      batch_stats = updates["batch_stats"]
+    (logits, _), updates = model.apply(
+        {"params": params, "batch_stats": state.batch_stats}, batch["points"], batch["colors"],
+        batch["point_mask"], train=True, mutable=["batch_stats"], rngs={"dropout": key})
     loss, accuracy = masked_cross_entropy(logits, batch["labels"], batch["point_mask"])
-    return loss, (batch_stats, accuracy)
+    return loss, (updates["batch_stats"], accuracy)
 
   (loss, (batch_stats, accuracy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
@@ -494,21 +488,37 @@ def predict(variables: dict, points: jax.Array, colors: jax.Array, point_mask: j
   return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
 
-def evaluate(model: pointnet2.PointModel, variables: dict, scenes: Sequence[EvalScene], *,
-             batch_size: int, num_classes: int = labels_lib.NUM_CLASSES) -> np.ndarray:
-  """Labels every point of the prepared scenes; returns the [C, C] confusion matrix."""
+@functools.partial(jax.jit, static_argnames=("model",))
+def backbone_features(variables: dict, points: jax.Array, colors: jax.Array,
+                      point_mask: jax.Array, *, model: pointnet2.PointModel) -> jax.Array:
+  """The backbone's per-point features [B, N, C] in inference mode (the probe's input)."""
+  _, aux = model.apply(variables, points, colors, point_mask, train=False)
+  return aux["features"]
+
+
+def map_blocks(fn, scenes: Sequence[EvalScene], batch_size: int) -> dict[tuple[int, int], Any]:
+  """`fn(points, colors, point_mask)` on every block of `scenes`, in batches of `batch_size`.
+
+  Returns:
+    {(scene index, block index): fn's output row for that block, as numpy}.
+  """
   blocks = [(i, j) for i, s in enumerate(scenes) for j in range(len(s.blocks))]
-  block_predictions = {}
+  out = {}
   for start in range(0, len(blocks), batch_size):
     chunk = blocks[start:start + batch_size]
     # A short last batch is padded with copies of its first block: one shape, one compile.
     padded = chunk + [chunk[0]] * (batch_size - len(chunk))
     stacked = {k: np.stack([scenes[i].blocks[j][k] for i, j in padded])
                for k in ("points", "colors", "point_mask")}
-    out = np.asarray(predict(variables, stacked["points"], stacked["colors"],
-                             stacked["point_mask"], model=model))
+    rows = np.asarray(fn(stacked["points"], stacked["colors"], stacked["point_mask"]))
     for row, key in enumerate(chunk):
-      block_predictions[key] = out[row]
+      out[key] = rows[row]
+  return out
+
+
+def spread_confusion(scenes: Sequence[EvalScene], block_predictions: dict[tuple[int, int], Any],
+                     num_classes: int = labels_lib.NUM_CLASSES) -> np.ndarray:
+  """The [C, C] confusion matrix over every point: each takes its nearest drawn point's class."""
   confusion = np.zeros((num_classes, num_classes), np.int64)
   for i, scene in enumerate(scenes):
     full = np.empty(len(scene.labels), np.int32)
@@ -518,8 +528,157 @@ def evaluate(model: pointnet2.PointModel, variables: dict, scenes: Sequence[Eval
   return confusion
 
 
+def evaluate(model: pointnet2.PointModel, variables: dict, scenes: Sequence[EvalScene], *,
+             batch_size: int, num_classes: int = labels_lib.NUM_CLASSES) -> np.ndarray:
+  """Labels every point of the prepared scenes; returns the [C, C] confusion matrix."""
+  fn = functools.partial(predict, variables, model=model)
+  return spread_confusion(scenes, map_blocks(fn, scenes, batch_size), num_classes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Linear probing on cached features.
+# ---------------------------------------------------------------------------------------------
+
+
+def drawn_features(model: pointnet2.PointModel, variables: dict, scenes: Sequence[EvalScene],
+                   batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """Frozen backbone features and labels of every drawn (unpadded) point of `scenes`' blocks.
+
+  Returns:
+    (features float32 [P, C], labels int32 [P]), P the drawn points of all blocks.
+  """
+  fn = functools.partial(backbone_features, variables, model=model)
+  out = map_blocks(fn, scenes, batch_size)
+  feats, labels = [], []
+  for (i, j), rows in sorted(out.items()):
+    block = scenes[i].blocks[j]
+    feats.append(rows[block["point_mask"]])
+    labels.append(block["labels"][block["point_mask"]])
+  return np.concatenate(feats).astype(np.float32), np.concatenate(labels).astype(np.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "optimizer"))
+def fit_linear_probe(features: jax.Array, labels: jax.Array, batches: jax.Array, *,
+                     num_classes: int, optimizer: OptimizerConfig) -> tuple[dict, jax.Array]:
+  """Softmax regression on standardised features, minibatch steps under one `lax.scan`.
+
+  Args:
+    features: float32 [P, C] frozen features.
+    labels: int32 [P]; `IGNORE_LABEL` points never count.
+    batches: int32 [steps, batch] rows of `features` drawn for each step.
+    num_classes: classes of the head.
+    optimizer: optimiser settings (`total_steps` should equal the number of steps).
+
+  Returns:
+    ({"mean", "scale", "kernel", "bias"}: logits = (x - mean) * scale @ kernel + bias, the
+     loss of every step).
+  """
+  valid = labels != labels_lib.IGNORE_LABEL
+  weight = valid.astype(jnp.float32)[:, None]
+  count = jnp.maximum(weight.sum(), 1.0)
+  mean = (features * weight).sum(0) / count
+  var = (jnp.square(features - mean) * weight).sum(0) / count
+  scale = jax.lax.rsqrt(var + 1e-6)
+  params = {"kernel": jnp.zeros((features.shape[1], num_classes)),
+            "bias": jnp.zeros((num_classes,))}
+  tx = ppkt.make_optimizer(optimizer.name, learning_rate=optimizer.learning_rate,
+                           weight_decay=optimizer.weight_decay,
+                           total_steps=optimizer.total_steps,
+                           warmup_steps=optimizer.warmup_steps, momentum=optimizer.momentum)
+
+  def loss_fn(params, rows):
+    x = (features[rows] - mean) * scale
+    loss, _ = masked_cross_entropy(x @ params["kernel"] + params["bias"], labels[rows],
+                                   jnp.ones(rows.shape, bool))
+    return loss
+
+  def step(carry, rows):
+    params, opt_state = carry
+    loss, grads = jax.value_and_grad(loss_fn)(params, rows)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), loss
+
+  (params, _), losses = jax.lax.scan(step, (params, tx.init(params)), batches)
+  return {"mean": mean, "scale": scale, **params}, losses
+
+
+def probe_logits(probe: dict, features: jax.Array) -> jax.Array:
+  """The fitted probe's logits [..., num_classes] of features [..., C]."""
+  return ((features - probe["mean"]) * probe["scale"]) @ probe["kernel"] + probe["bias"]
+
+
 # ---------------------------------------------------------------------------------------------
 # The run.
+# ---------------------------------------------------------------------------------------------
+
+
+def _finetune(config, model, variables, train_scenes, crop, optimizer, key, workdir,
+              progress) -> dict[str, Any]:
+  """The fine-tuning loop; returns the logged curve and the final "variables"."""
+  tx = make_optimizer(optimizer)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                     batch_stats=variables.get("batch_stats", {}),
+                     opt_state=tx.init(variables["params"]))
+  history = {"step": [], "loss": [], "accuracy": []}
+  log = open(os.path.join(workdir, "metrics.jsonl"), "w") if workdir is not None else None
+  bar = tqdm.tqdm(range(config.total_steps), disable=not progress,
+                  desc=f"finetune {config.labels.fraction:g}", leave=False)
+  try:
+    for step in bar:
+      batch = training_batch(train_scenes, config.seed, step, config.batch_size, crop)
+      state, step_metrics = train_step(state, batch, jax.random.fold_in(key, step + 1),
+                                       model=model, optimizer=optimizer)
+      if (step + 1) % config.log_every == 0 or step + 1 == config.total_steps:
+        step_metrics = {k: float(v) for k, v in step_metrics.items()}
+        if not np.isfinite(step_metrics["loss"]):
+          raise FloatingPointError(f"non-finite loss {step_metrics['loss']} at step {step + 1}")
+        for k in ("loss", "accuracy"):
+          history[k].append(step_metrics[k])
+        history["step"].append(step + 1)
+        bar.set_postfix(loss=f"{step_metrics['loss']:.3f}")
+        if log is not None:
+          log.write(json.dumps({"step": step + 1, **step_metrics}) + "\n")
+  finally:
+    bar.close()
+    if log is not None:
+      log.close()
+  history["variables"] = {"params": state.params, "batch_stats": state.batch_stats}
+  return jax.block_until_ready(history)
+
+
+def _linear_probe(config, model, variables, tiles, crop, optimizer, workdir) -> dict[str, Any]:
+  """Fits the probe on cached features of the labelled scenes' tiles; returns it and its curve.
+
+  The frozen backbone runs once per tile (unaugmented, inference mode), not once per step:
+  each step then draws `batch_size x crop.num_points` labelled points of the cached features.
+  """
+  features, labels = drawn_features(model, variables, tiles, config.eval.batch_size)
+  rows = np.flatnonzero(labels != labels_lib.IGNORE_LABEL)
+  if not len(rows):
+    raise ValueError("the labelled scenes have no labelled point to probe")
+  rng = np.random.default_rng((config.seed, 1))
+  batches = rows[rng.integers(len(rows), size=(config.total_steps,
+                                                config.batch_size * crop.num_points))]
+  probe, losses = fit_linear_probe(features, labels, batches.astype(np.int32),
+                                   num_classes=labels_lib.NUM_CLASSES, optimizer=optimizer)
+  accuracy = np.mean(np.argmax(np.asarray(probe_logits(probe, features[rows])), -1)
+                     == labels[rows])
+  losses = np.asarray(losses)
+  if not np.isfinite(losses).all():
+    raise FloatingPointError(f"non-finite probe loss at step {np.argmin(np.isfinite(losses)) + 1}")
+  logged = [s for s in range(1, config.total_steps + 1)
+            if s % config.log_every == 0 or s == config.total_steps]
+  history = {"step": logged, "loss": [float(losses[s - 1]) for s in logged],
+             "accuracy": [None] * (len(logged) - 1) + [float(accuracy)], "probe": probe}
+  if workdir is not None:
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as log:
+      for s, loss, acc in zip(logged, history["loss"], history["accuracy"]):
+        log.write(json.dumps({"step": s, "loss": loss, "accuracy": acc}) + "\n")
+  return history
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -580,8 +739,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
   train_scenes = [s for s in data.train if s["scene"] in set(labelled)]
   if not data.val:
     raise ValueError("no val scenes to evaluate on")
+  if workdir is not None:
+    os.makedirs(workdir, exist_ok=True)
 
-  # Model and optimiser.
+  # Model.
   model = make_model(config.student, config.mode, head_hidden=config.head.hidden,
                      head_dropout=config.head.dropout)
   key = jax.random.key(config.seed)
@@ -591,44 +752,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
     variables, init_step = load_student_backbone(config.init.checkpoint, model, variables)
   elif config.mode == "linear_probe":
     logging.warning("linear probe of a randomly initialised backbone (init.checkpoint is empty)")
-  tx = make_optimizer(optimizer, config.mode)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                     batch_stats=variables.get("batch_stats", {}),
-                     opt_state=tx.init(variables["params"]))
 
-  # Loop.
-  metrics_file = None
-  if workdir is not None:
-    os.makedirs(workdir, exist_ok=True)
-    metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "w")
-  losses = []
+  # Training, then a function labelling the blocks of the val scenes.
   train_start = time.perf_counter()
-  bar = tqdm.tqdm(range(config.total_steps), disable=not progress,
-                  desc=f"{config.mode} {config.labels.fraction:g}", leave=False)
-  try:
-    for step in bar:
-      batch = training_batch(train_scenes, config.seed, step, config.batch_size, crop)
-      state, step_metrics = train_step(state, batch, jax.random.fold_in(key, step + 1),
-                                       model=model, optimizer=optimizer, mode=config.mode)
-      if (step + 1) % config.log_every == 0 or step + 1 == config.total_steps:
-        step_metrics = {k: float(v) for k, v in step_metrics.items()}
-        if not np.isfinite(step_metrics["loss"]):
-          raise FloatingPointError(f"non-finite loss {step_metrics['loss']} at step {step + 1}")
-        losses.append(step_metrics["loss"])
-        bar.set_postfix(loss=f"{step_metrics['loss']:.3f}")
-        if metrics_file is not None:
-          metrics_file.write(json.dumps({"step": step + 1, **step_metrics}) + "\n")
-  finally:
-    bar.close()
-    if metrics_file is not None:
-      metrics_file.close()
-  jax.block_until_ready(state)
+  if config.mode == "finetune":
+    history = _finetune(config, model, variables, train_scenes, crop, optimizer, key, workdir,
+                        progress)
+    labeller = functools.partial(predict, history.pop("variables"), model=model)
+  else:
+    history = _linear_probe(config, model, variables, data.tiles(labelled), crop, optimizer,
+                            workdir)
+    probe, frozen = history.pop("probe"), variables
+    labeller = jax.jit(lambda p, c, m: jnp.argmax(probe_logits(
+        probe, backbone_features(frozen, p, c, m, model=model)), -1))
   train_seconds = time.perf_counter() - train_start
 
   # Evaluation.
   eval_start = time.perf_counter()
-  confusion = evaluate(model, {"params": state.params, "batch_stats": state.batch_stats},
-                       data.val, batch_size=config.eval.batch_size)
+  confusion = spread_confusion(data.val, map_blocks(labeller, data.val,
+                                                    config.eval.batch_size))
   scores = metrics_lib.segmentation_scores(confusion)
   names = labels_lib.SCANNET20_NAMES
   results = {
@@ -651,7 +793,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
       "iou_table": metrics_lib.iou_table(scores, names),
       "confusion": confusion.tolist(),
       "eval_points": int(confusion.sum()),
-      "train_loss": losses,
+      "train_loss": history["loss"],
+      "train_accuracy": history["accuracy"],
+      "train_steps": history["step"],
       "seconds": {"train": train_seconds, "eval": time.perf_counter() - eval_start,
                   "total": time.perf_counter() - start_time},
   }
