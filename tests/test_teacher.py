@@ -100,3 +100,24 @@ def test_script_runlocal_trains_and_its_checkpoint_loads(tmp_path):
   features, _ = resnet.frozen_features(model, variables, jnp.zeros((1, 48, 64, 3)))
   assert features.shape == (1, 2, 2, model.feature_dim)
   assert np.isfinite(np.asarray(features)).all()
+
+
+def test_class_weights_are_median_frequency_balancing_by_hand():
+  # Pixel counts 6, 3, 1 of classes 0, 1, 2 (and ignored pixels): frequencies .6, .3, .1,
+  # median .3, so full balancing gives .5, 1, 3 and power .5 their square roots.
+  labels = np.array([0] * 6 + [1] * 3 + [2] + [-1] * 4)
+  np.testing.assert_allclose(teacher.class_weights(labels, 1.0, num_classes=4),
+                             [0.5, 1.0, 3.0, 0.0], rtol=1e-6)
+  np.testing.assert_allclose(teacher.class_weights(labels, 0.5, num_classes=4),
+                             np.sqrt([0.5, 1.0, 3.0, 0.0]), rtol=1e-6)
+  np.testing.assert_array_equal(teacher.class_weights(labels, 0.0, num_classes=4), [1, 1, 1, 0])
+  # The weighted loss is the weighted mean of the per-pixel losses.
+  logits = jnp.asarray(np.random.default_rng(0).normal(size=(14, 4)), jnp.float32)
+  per_pixel = -jax.nn.log_softmax(logits)[np.arange(14), np.clip(labels, 0, None)]
+  w = np.array([0.5, 1.0, 3.0, 0.0])[np.clip(labels, 0, None)] * (labels >= 0)
+  loss, accuracy = teacher.pixel_cross_entropy(logits, jnp.asarray(labels),
+                                               jnp.asarray([0.5, 1.0, 3.0, 0.0]))
+  np.testing.assert_allclose(loss, np.sum(w * per_pixel) / w.sum(), rtol=1e-5)
+  assert accuracy == np.mean(np.argmax(logits[:10], -1) == labels[:10])
+  with pytest.raises(ValueError, match="no labelled pixel"):
+    teacher.class_weights(np.full(3, -1), 1.0)

@@ -53,10 +53,13 @@ def base() -> ml_collections.ConfigDict:
   c.optimizer = ml_collections.ConfigDict(dict(name="adamw", learning_rate=2e-3,
                                                weight_decay=1e-4, momentum=0.9,
                                                warmup_steps=20))
+  # Loss weight of each class: (median frequency / frequency) ** power; 0 = plain CE.
+  c.class_weight_power = 0.0
   c.batch_size = 16
   c.total_steps = 300
   c.eval_batch_size = 16
   c.log_every = 10
+  c.eval_every = 0  # held-out mIoU every this many steps (a multiple of log_every); 0: at the end
   return c
 
 

@@ -21,9 +21,10 @@ Training: torchvision's random resized crop (area `crop_scale`, aspect `crop_rat
 frame resized to `image_hw` (bilinear for the image, nearest for the labels), horizontal flip,
 colour changes (brightness, contrast, saturation, channel order, grey), ImageNet
 normalisation, cross-entropy over labelled pixels (`IGNORE_LABEL` left out), AdamW or SGD on
-a cosine schedule, BatchNorm in training mode. Evaluation: whole held-out
-frames resized to `image_hw`, BatchNorm in inference mode; pixel accuracy, mIoU and mAcc over
-the classes present (`p2p_jax.metrics`).
+a cosine schedule, BatchNorm in training mode; classes may be weighted towards the rare
+ones (`class_weight_power`), since the reported mIoU averages over classes. Evaluation: whole
+held-out frames resized to `image_hw`, BatchNorm in inference mode; pixel accuracy, mIoU and
+mAcc over the classes present (`p2p_jax.metrics`).
 
 Output: `convert.save_teacher_checkpoint` of the ResNet's {"params", "batch_stats"} alone, so
 pretraining loads it with `--config.teacher.checkpoint=<path>` and `teacher.arch` set to the
@@ -272,25 +273,59 @@ def eval_frames(frames: dict[str, np.ndarray], hw: tuple[int, int]) -> dict[str,
 TrainState = ppkt.TrainState
 
 
-def pixel_cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Mean cross-entropy and pixel accuracy over labelled pixels (labels != IGNORE_LABEL)."""
+def pixel_cross_entropy(logits: jax.Array, labels: jax.Array,
+                        class_weights: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Cross-entropy and pixel accuracy over labelled pixels (labels != IGNORE_LABEL).
+
+  Args:
+    logits: [..., C].
+    labels: [...] int.
+    class_weights: optional [C] weight of each class's pixels; the loss is then the weighted
+      mean (sum of w_label x CE over sum of w_label), so the weights' scale does not matter.
+
+  Returns:
+    (loss, unweighted pixel accuracy).
+  """
   valid = labels != labels_lib.IGNORE_LABEL
-  per_pixel = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, labels, 0))
-  count = jnp.maximum(jnp.sum(valid), 1)
+  safe = jnp.where(valid, labels, 0)
+  per_pixel = optax.softmax_cross_entropy_with_integer_labels(logits, safe)
+  weight = valid.astype(per_pixel.dtype)
+  if class_weights is not None:
+    weight = weight * class_weights[safe]
   correct = (jnp.argmax(logits, -1) == labels) & valid
-  return jnp.sum(jnp.where(valid, per_pixel, 0.0)) / count, jnp.sum(correct) / count
+  return (jnp.sum(weight * per_pixel) / jnp.maximum(jnp.sum(weight), 1e-9),
+          jnp.sum(correct) / jnp.maximum(jnp.sum(valid), 1))
+
+
+def class_weights(labels: np.ndarray, power: float,
+                  num_classes: int = labels_lib.NUM_CLASSES) -> np.ndarray:
+  """Per-class loss weights (median frequency / frequency) ** power of the labelled pixels.
+
+  Median-frequency balancing (Eigen & Fergus 2015) with an exponent: 0 weighs every pixel
+  alike, 1 is the full balancing. Classes absent from `labels` get weight 0.
+  """
+  counts = np.bincount(labels[labels != labels_lib.IGNORE_LABEL].ravel(),
+                       minlength=num_classes)[:num_classes].astype(np.float64)
+  present = counts > 0
+  if not present.any():
+    raise ValueError("no labelled pixel to weigh classes by")
+  freq = counts / counts.sum()
+  weights = np.zeros(num_classes)
+  weights[present] = (np.median(freq[present]) / freq[present]) ** power
+  return weights.astype(np.float32)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "tx"), donate_argnums=(0,))
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: SegmentationNet,
+def train_step(state: TrainState, batch: dict[str, jax.Array], weights: jax.Array, *,
+               model: SegmentationNet,
                tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One step on a batch of uint8 images and int32 labels; returns the state and metrics."""
+  """One step on a batch of uint8 images and int32 labels, with [C] class weights."""
 
   def loss_fn(params):
     (logits, _), updates = model.apply(
         {"params": params, "batch_stats": state.batch_stats}, resnet.preprocess(batch["image"]),
         train=True, mutable=["batch_stats"])
-    loss, accuracy = pixel_cross_entropy(logits, batch["label"])
+    loss, accuracy = pixel_cross_entropy(logits, batch["label"], weights)
     return loss, (updates["batch_stats"], accuracy)
 
   (loss, (batch_stats, accuracy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -361,7 +396,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     The results (also in `results.json`): "checkpoint" (the path for
     `config.teacher.checkpoint`), "arch", "pixel_accuracy", "miou", "macc" (fractions, on the
     held-out frames), "per_class_iou", "iou_table" (Markdown), "train_loss" (every
-    `log_every`-th step), the scenes and frame counts, and "seconds".
+    `log_every`-th step), "curve" (step, loss, pixel accuracy and, every `eval_every` steps,
+    the held-out mIoU), the scenes and frame counts, and "seconds".
   """
   # Setup.
   start_time = time.perf_counter()
@@ -391,19 +427,31 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                      batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]))
 
+  weights = class_weights(frames["train"]["label"], config.class_weight_power)
+
   # Loop.
-  losses = []
+  history = {"step": [], "loss": [], "pixel_accuracy": [], "holdout_miou": []}
   train_start = time.perf_counter()
   with open(os.path.join(workdir, "metrics.jsonl"), "w") as log:
     for step in tqdm.tqdm(range(config.total_steps), disable=not progress, desc="teacher"):
       batch = training_batch(frames["train"], config.seed, step, config.batch_size, augment)
-      state, step_metrics = train_step(state, batch, model=model, tx=tx)
+      state, step_metrics = train_step(state, batch, weights, model=model, tx=tx)
       if (step + 1) % config.log_every == 0 or step + 1 == config.total_steps:
         step_metrics = {k: float(v) for k, v in step_metrics.items()}
         if not np.isfinite(step_metrics["loss"]):
           raise FloatingPointError(f"non-finite loss {step_metrics['loss']} at step {step + 1}")
-        losses.append(step_metrics["loss"])
+        if config.eval_every and (step + 1) % config.eval_every == 0:
+          # The held-out curve; its cost is left out of the training time.
+          eval_start = time.perf_counter()
+          step_metrics["holdout_miou"] = metrics_lib.segmentation_scores(evaluate(
+              model, {"params": state.params, "batch_stats": state.batch_stats}, holdout,
+              config.eval_batch_size))["miou"]
+          train_start += time.perf_counter() - eval_start
+        history["step"].append(step + 1)
+        for k in ("loss", "pixel_accuracy", "holdout_miou"):
+          history[k].append(step_metrics.get(k))
         log.write(json.dumps({"step": step + 1, **step_metrics}) + "\n")
+        log.flush()
   jax.block_until_ready(state)
   train_seconds = time.perf_counter() - train_start
 
@@ -428,7 +476,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
       "holdout_scenes": frames["holdout"]["scenes"],
       "train_frames": len(frames["train"]["image"]),
       "holdout_frames": len(frames["holdout"]["image"]),
-      "train_loss": losses,
+      "train_loss": history["loss"],
+      "curve": history,
       "seconds": {"train": train_seconds, "total": time.perf_counter() - start_time},
   }
   with open(os.path.join(workdir, "results.json"), "w") as f:
