@@ -92,16 +92,21 @@ def _run_json(path: str, fn):
 
 
 def study_runs(c: ml_collections.ConfigDict) -> list[dict[str, Any]]:
-  """Every fine-tuning and probing run of the study, as (name, settings)."""
+  """Every probing and fine-tuning run of the study, as (name, settings).
+
+  The cheap linear probes come first, and inits alternate within each (fraction, seed), so a
+  partial study already compares them.
+  """
   runs = []
-  for init in c.study.inits:
-    for fraction, seeds in zip(c.study.fractions, c.study.seeds, strict=True):
-      for seed in range(seeds):
-        runs.append(dict(name=f"finetune_{init}_{fraction:g}_seed{seed}", init=init,
-                         mode="finetune", fraction=fraction, seed=seed))
-    for seed in range(c.study.probe_seeds):
+  for seed in range(c.study.probe_seeds):
+    for init in c.study.inits:
       runs.append(dict(name=f"probe_{init}_seed{seed}", init=init, mode="linear_probe",
                        fraction=1.0, seed=seed))
+  for fraction, seeds in zip(c.study.fractions, c.study.seeds, strict=True):
+    for seed in range(seeds):
+      for init in c.study.inits:
+        runs.append(dict(name=f"finetune_{init}_{fraction:g}_seed{seed}", init=init,
+                         mode="finetune", fraction=fraction, seed=seed))
   return runs
 
 
@@ -159,6 +164,7 @@ def main(argv=None) -> int:
       lambda: {k: v for k, v in teacher.train(configs["teacher"],
                                                os.path.join(workdir, "teacher")).items()
                if k in ("checkpoint", "pixel_accuracy", "miou", "macc", "per_class_iou",
+                        "curve", "train_frames", "train_scenes", "holdout_frames",
                         "seconds")}))
   pretrained = {}
   for method in ("ppkt", "pointcontrast"):

@@ -6,6 +6,7 @@
                               scores, pretraining metrics and stage timings
       results.json            the same figures, and every run's
       label_efficiency.png    mIoU against the label fraction, one line per init
+      training_curves.png     loss and accuracy against step: teacher, pretraining, fine-tuning
       features_view.png       one val frame: RGB, 2D teacher features, 3D features per init
       features_scene.png      one val scene from above, 3D features per init
       features_<init>.ply     that scene's points coloured by its 3D features' PCA
@@ -93,10 +94,16 @@ def markdown(c, table, runs, teacher_result, pretrained, timings) -> str:
       continue
     lines.append(f"| {name} | " + " | ".join("n/a" if v is None else f"{100 * v:.1f}"
                                               for v in cells) + " |")
+  lines += ["", f"## The 2D teacher on its held-out frames ({c.teacher.arch}, "
+            f"{c.teacher.total_steps} steps)", "",
+            f"Pixel accuracy {100 * teacher_result['pixel_accuracy']:.1f}%, "
+            f"2D mIoU {100 * teacher_result['miou']:.1f}%.", "", "| class | IoU |", "|---|---|"]
+  lines += [f"| {name} | {100 * v:.1f} |" for name, v in teacher_result["per_class_iou"].items()
+            if v is not None]
   lines += ["", "## Stages", "",
-            f"- Teacher ({c.teacher.arch}, {c.teacher.total_steps} steps on the teacher "
-            f"scenes' 2D labels): held-out pixel accuracy {100 * teacher_result['pixel_accuracy']:.1f}%, "
-            f"2D mIoU {100 * teacher_result['miou']:.1f}%."]
+            f"- Teacher: {teacher_result.get('train_frames', '?')} training frames of "
+            f"{len(teacher_result.get('train_scenes', []))} rooms; held-out 2D mIoU "
+            f"{100 * teacher_result['miou']:.1f}%."]
   for method, last in pretrained.items():
     if last:
       lines.append(f"- {NAMES[method]} pretraining, {last['step']} steps: final loss "
@@ -130,6 +137,58 @@ def plot(path: str, c, table) -> None:
   ax.grid(alpha=0.3)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def _read_jsonl(path: str) -> list[dict[str, Any]]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_curves(path: str, c, workdir: str, teacher_result, runs) -> None:
+  """Loss and accuracy against step for every stage: the teacher (and its held-out mIoU),
+  each pretraining, and the fine-tuning runs at 100% of the labels (one line per init)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(2, 3, figsize=(13, 6.5), sharex="col")
+  curve = teacher_result.get("curve", {})
+  steps = curve.get("step", [])
+  axes[0, 0].plot(steps, curve.get("loss", []), label="training loss")
+  axes[1, 0].plot(steps, curve.get("pixel_accuracy", []), label="training pixel accuracy")
+  held = [(s, m) for s, m in zip(steps, curve.get("holdout_miou", [])) if m is not None]
+  if held:
+    axes[1, 0].plot(*zip(*held), "o-", label="held-out 2D mIoU")
+  axes[0, 0].set_title(f"2D teacher ({c.teacher.arch})", fontsize=9)
+  for method in [m for m in ("ppkt", "pointcontrast") if m in c.study.inits]:
+    log = _read_jsonl(os.path.join(workdir, method, "metrics.jsonl"))
+    x = [r["step"] for r in log]
+    axes[0, 1].plot(x, [r["loss"] for r in log], label=NAMES[method])
+    axes[1, 1].plot(x, [r["pair_accuracy"] for r in log], label=NAMES[method])
+  axes[0, 1].set_title("3D pretraining (contrastive)", fontsize=9)
+  axes[1, 1].set_ylabel("pair top-1 accuracy")
+  for init in c.study.inits:
+    run = next((r for r in runs if r["init"] == init and r["mode"] == "finetune"
+                and r["fraction"] == max(c.study.fractions) and r["seed"] == 0), None)
+    if run is None:
+      continue
+    log = _read_jsonl(os.path.join(workdir, "finetune", run["name"], "metrics.jsonl"))
+    x = [r["step"] for r in log]
+    axes[0, 2].plot(x, [r["loss"] for r in log], label=NAMES[init])
+    axes[1, 2].plot(x, [r["accuracy"] for r in log], label=NAMES[init])
+  axes[0, 2].set_title(f"fine-tuning, {100 * max(c.study.fractions):g}% labels", fontsize=9)
+  axes[1, 2].set_ylabel("training point accuracy")
+  axes[0, 0].set_ylabel("loss")
+  for ax in axes.flat:
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=8)
+  for ax in axes[1]:
+    ax.set_xlabel("step")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
   plt.close(fig)
 
 
@@ -243,6 +302,7 @@ def write_results(results_dir, c, configs, workdir, runs, teacher_result, pretra
   with open(os.path.join(results_dir, "results.md"), "w") as f:
     f.write(markdown(c, table, runs, teacher_result, pretrained, timings))
   plot(os.path.join(results_dir, "label_efficiency.png"), c, table)
+  plot_curves(os.path.join(results_dir, "training_curves.png"), c, workdir, teacher_result, runs)
   pictures = feature_pictures(results_dir, c, configs, workdir, checkpoints)
   with open(os.path.join(results_dir, "results.json"), "w") as f:
     json.dump({"table": table, "runs": runs, "teacher": teacher_result,
