@@ -28,7 +28,7 @@ from experiments.configs import teacher_synthetic
 
 import ml_collections
 
-# The budget, chosen from measured learning curves (docs/demo/results.md).
+# The budget, chosen from learning curves measured on other worlds (docs/demo/budget.md).
 TEACHER_STEPS = 2000
 PRETRAIN_STEPS = 600
 FINETUNE_STEPS = 1000
@@ -92,7 +92,7 @@ def get_config(arg=None):
     c.finetune.optimizer.warmup_steps = 0
     c.finetune.eval.batch_size = 4
   elif arg == "full":
-    # Every baseline and label fraction; docs/demo/full.md records a measured run.
+    # Every baseline and label fraction (PointContrast pretrains with the same budget).
     c.study.update(fractions=(0.01, 0.05, 0.1, 0.25, 1.0), seeds=(3, 3, 1, 1, 1),
                    inits=("scratch", "pointcontrast", "ppkt"))
   elif arg:
