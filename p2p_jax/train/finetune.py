@@ -581,10 +581,7 @@ def fit_linear_probe(features: jax.Array, labels: jax.Array, batches: jax.Array,
   scale = jax.lax.rsqrt(var + 1e-6)
   params = {"kernel": jnp.zeros((features.shape[1], num_classes)),
             "bias": jnp.zeros((num_classes,))}
-  tx = ppkt.make_optimizer(optimizer.name, learning_rate=optimizer.learning_rate,
-                           weight_decay=optimizer.weight_decay,
-                           total_steps=optimizer.total_steps,
-                           warmup_steps=optimizer.warmup_steps, momentum=optimizer.momentum)
+  tx = make_optimizer(optimizer)
 
   def loss_fn(params, rows):
     x = (features[rows] - mean) * scale
@@ -605,6 +602,14 @@ def fit_linear_probe(features: jax.Array, labels: jax.Array, batches: jax.Array,
 def probe_logits(probe: dict, features: jax.Array) -> jax.Array:
   """The fitted probe's logits [..., num_classes] of features [..., C]."""
   return ((features - probe["mean"]) * probe["scale"]) @ probe["kernel"] + probe["bias"]
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def probe_predict(variables: dict, probe: dict, points: jax.Array, colors: jax.Array,
+                  point_mask: jax.Array, *, model: pointnet2.PointModel) -> jax.Array:
+  """Class predictions int32 [B, N] of the fitted probe on the frozen backbone."""
+  _, aux = model.apply(variables, points, colors, point_mask, train=False)
+  return jnp.argmax(probe_logits(probe, aux["features"]), -1).astype(jnp.int32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -762,9 +767,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
   else:
     history = _linear_probe(config, model, variables, data.tiles(labelled), crop, optimizer,
                             workdir)
-    probe, frozen = history.pop("probe"), variables
-    labeller = jax.jit(lambda p, c, m: jnp.argmax(probe_logits(
-        probe, backbone_features(frozen, p, c, m, model=model)), -1))
+    labeller = functools.partial(probe_predict, variables, history.pop("probe"), model=model)
   train_seconds = time.perf_counter() - train_start
 
   # Evaluation.
