@@ -228,6 +228,8 @@ def feature_pictures(results_dir, c, configs, workdir, checkpoints) -> list[str]
   points = world[rows, cols]
   points = points - np.array([*points[:, :2].mean(axis=0), 0.0], np.float32)
   colors = image[rows, cols].astype(np.float32) / 255.0  # colour is at depth resolution
+  if not p.pairs.colors:
+    colors = np.full_like(colors, 0.5)  # the student was trained on geometry alone
   mask = np.ones(len(points), bool)
 
   teacher_model = resnet.VARIANTS[c.teacher.arch]()

@@ -20,6 +20,11 @@ def test_every_run_of_the_study_is_listed_once():
   assert {r["fraction"] for r in runs} == set(c.study.fractions)
   # At least 3 seeds for the small label fractions.
   assert all(s >= 3 for f, s in zip(c.study.fractions, c.study.seeds) if f <= 0.05)
+  # Every stage gives the student the same input: pretraining and fine-tuning alike.
+  for arg in (None, "runlocal", "full"):
+    c = demo_config.get_config(arg)
+    assert (c.ppkt.pairs.colors == c.pointcontrast.pairs.colors == c.finetune.crop.colors
+            == c.student_colors)
 
 
 def test_demo_runs_every_stage_writes_results_and_resumes(tmp_path):

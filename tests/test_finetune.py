@@ -1,6 +1,7 @@
 """Fine-tuning and linear probing: label subsets, crops, evaluation cover, checkpoint loading,
 the frozen backbone of the probe, and the script end to end on its runlocal config."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -70,6 +71,26 @@ def test_crops_have_fixed_shapes_and_masks():
   assert batch["points"].shape == (4, 128, 3)
   for key in batch:
     np.testing.assert_array_equal(batch[key], again[key])
+
+
+def test_crops_without_colours_are_grey_with_the_same_points_and_labels():
+  scene = make_scene(num_points=100)
+  crop = finetune.sample_crop(scene, np.random.default_rng(5), CROP)
+  grey = finetune.sample_crop(scene, np.random.default_rng(5),
+                              dataclasses.replace(CROP, colors=False))
+  mask = crop["point_mask"]
+  assert 0 < mask.sum() < 100
+  # With colours: each point's own colour, found by matching the (unaugmented) labels' rows.
+  rows = [np.flatnonzero((scene["labels"] == label) & np.all(
+      np.isclose(scene["colors"] / 255.0, colour, atol=1e-6), axis=1))
+      for label, colour in zip(crop["labels"][mask], crop["colors"][mask])]
+  assert all(len(r) == 1 for r in rows)
+  np.testing.assert_array_equal(grey["colors"][mask], 0.5)
+  np.testing.assert_array_equal(grey["colors"][~mask], 0.0)
+  for key in ("points", "labels", "point_mask"):
+    np.testing.assert_array_equal(grey[key], crop[key])
+  block = finetune.prepare_eval_scene(scene, dataclasses.replace(CROP, colors=False)).blocks[0]
+  np.testing.assert_array_equal(block["colors"][block["point_mask"]], 0.5)
 
 
 def test_evaluation_cells_cover_every_point_once():

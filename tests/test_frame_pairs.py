@@ -201,6 +201,21 @@ def test_matches_are_within_the_radius_and_the_transforms_undo_exactly(built, fu
     assert np.any(np.abs(out["points_from_world"][..., 2, :2]) > 0.1)
 
 
+def test_without_colours_both_views_are_grey_with_the_same_matches(built):
+  source, pairs = make_pairs_cli.load_pairs(built, "train", "skip1")
+  ds = frame_pairs.pointcontrast_dataset(source, pairs, MATCH, seed=1, num_devices=1,
+                                         per_device_batch=2, process_index=0, process_count=1)
+  with_colour = jax.tree.map(np.asarray, frame_pairs.make_matches_jit(ds[0], MATCH))
+  grey = jax.tree.map(np.asarray, frame_pairs.make_matches_jit(
+      ds[0], dataclasses.replace(MATCH, colors=False)))
+  mask = grey["point_mask"]
+  np.testing.assert_array_equal(grey["point_colors"][mask], 0.5)
+  np.testing.assert_array_equal(grey["point_colors"][~mask], 0.0)
+  assert with_colour["point_colors"][mask].std() > 0.05
+  for key in ("points", "point_mask", "pair_points", "pair_mask"):
+    np.testing.assert_array_equal(grey[key], with_colour[key])
+
+
 def test_dataset_is_deterministic_reshuffled_and_sliced_by_process(built):
   source, pairs = make_pairs_cli.load_pairs(built, "train", "skip1")
   make = lambda seed, index=0, count=1, devices=1: frame_pairs.pointcontrast_dataset(

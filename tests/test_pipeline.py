@@ -154,6 +154,22 @@ def test_point_colours_and_3d_augmentation():
   assert colors.min() >= 0 and colors.max() <= 1 and colors.std() > 0.1
 
 
+def test_without_colours_the_student_reads_constant_grey_and_the_same_geometry():
+  frames = make_frames(2, offset_color=False)
+  ds = pipeline.pretrain_dataset(frames, CONFIG, seed=3, num_devices=1, per_device_batch=2,
+                                 process_index=0, process_count=1, shuffle=False)
+  with_colour = jax.tree.map(np.asarray, pipeline.make_pairs_jit(ds[0], CONFIG))
+  grey = jax.tree.map(np.asarray, pipeline.make_pairs_jit(
+      ds[0], dataclasses.replace(CONFIG, colors=False)))
+  mask = grey["point_mask"]
+  assert mask.sum() > 500
+  np.testing.assert_array_equal(grey["point_colors"][mask], 0.5)
+  np.testing.assert_array_equal(grey["point_colors"][~mask], 0.0)
+  assert with_colour["point_colors"][mask].std() > 0.1
+  for key in ("points", "point_mask", "pair_pixels", "pair_points", "pair_mask"):
+    np.testing.assert_array_equal(grey[key], with_colour[key])
+
+
 def test_deterministic_per_seed_epoch_and_index_and_sliced_by_process():
   frames = make_frames(8)
   make = lambda seed, index=0, count=1, devices=1: pipeline.pretrain_dataset(

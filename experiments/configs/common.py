@@ -29,7 +29,8 @@ def base() -> ml_collections.ConfigDict:
       flip_probability=0.5,
       views_per_frame=0,  # 0: a fresh crop every use; V > 0: V fixed views (cacheable)
       max_rotation=math.pi, scale_range=(0.9, 1.1), jitter_sigma=0.005,
-      jitter_clip=0.02))
+      jitter_clip=0.02,
+      colors=True))  # False: the student sees geometry only (constant grey colour input)
   c.teacher = ml_collections.ConfigDict(dict(
       arch="resnet50",
       checkpoint="",  # from experiments/convert_weights.py; empty = random (warns)

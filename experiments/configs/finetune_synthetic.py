@@ -48,7 +48,8 @@ def base() -> ml_collections.ConfigDict:
   c.labels = ml_collections.ConfigDict(dict(fraction=1.0, seed=0))
   c.crop = ml_collections.ConfigDict(dict(
       num_points=2048, size=3.0, max_rotation=math.pi, scale_range=(0.9, 1.1),
-      jitter_sigma=0.005, jitter_clip=0.02))
+      jitter_sigma=0.005, jitter_clip=0.02,
+      colors=True))  # False: the student sees geometry only (constant grey colour input)
   c.head = ml_collections.ConfigDict(dict(hidden=64, dropout=0.3))  # finetune mode only
   c.optimizer = ml_collections.ConfigDict(dict(name="adamw", learning_rate=1e-2,
                                                weight_decay=1e-4, momentum=0.9,

@@ -315,6 +315,7 @@ class MatchConfig:
     depth_scale: raw depth units per metre.
     min_depth: nearest valid depth in metres.
     max_depth: farthest valid depth in metres.
+    colors: False gives the student no colour: a constant grey (0.5) instead.
   """
   num_points: int = 8192
   num_matches: int = 512
@@ -325,6 +326,7 @@ class MatchConfig:
   depth_scale: float = 1000.0
   min_depth: float = 0.1
   max_depth: float = 10.0
+  colors: bool = True
 
 
 def random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -409,6 +411,8 @@ def _view(frame, key, config):
   color_at = jnp.clip(jnp.round(color_pixels), 0,
                       jnp.array([height - 1, width - 1])).astype(jnp.int32)
   colors = geometry.gather_pixels(frame["frame_image"], color_at).astype(jnp.float32) / 255.0
+  if not config.colors:
+    colors = jnp.full_like(colors, 0.5)
   return (jnp.where(mask[:, None], points, 0.0), mask, jnp.where(mask[:, None], colors, 0.0))
 
 

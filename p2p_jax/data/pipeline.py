@@ -62,6 +62,8 @@ class PairConfig:
     depth_scale: raw depth units per metre.
     min_depth: nearest valid depth in metres.
     max_depth: farthest valid depth in metres.
+    colors: False gives the student no colour: every point's colour input is a constant grey
+      (0.5), so it learns from geometry alone.
   """
   image_hw: tuple[int, int] = (240, 320)
   num_points: int = 8192
@@ -77,6 +79,7 @@ class PairConfig:
   depth_scale: float = 1000.0
   min_depth: float = 0.1
   max_depth: float = 10.0
+  colors: bool = True
 
 
 def random_crop(rng: np.random.Generator, frame_hw: tuple[int, int],
@@ -217,6 +220,8 @@ def _pairs_one(frame: dict[str, jax.Array], config: PairConfig) -> dict[str, jax
   colour_at = jnp.clip(jnp.round(geometry.gather_pixels(color_pixels, sample.point_pixels)),
                        0, jnp.array([height - 1, width - 1])).astype(jnp.int32)
   colors = geometry.gather_pixels(frame["frame_image"], colour_at).astype(jnp.float32) / 255.0
+  if not config.colors:
+    colors = jnp.full_like(colors, 0.5)
 
   # 3D augmentation about the cloud's horizontal centre; gravity (z) is kept.
   mask = sample.point_mask

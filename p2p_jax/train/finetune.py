@@ -78,6 +78,8 @@ class CropConfig:
     scale_range: isotropic scaling, uniform in the range (training only).
     jitter_sigma: standard deviation of Gaussian jitter in metres (training only).
     jitter_clip: jitter is clipped to [-clip, clip].
+    colors: False gives the student no colour: every point's colour input is a constant grey
+      (0.5), in training and evaluation alike.
   """
   num_points: int = 4096
   size: float = 3.0
@@ -85,6 +87,7 @@ class CropConfig:
   scale_range: tuple[float, float] = (0.9, 1.1)
   jitter_sigma: float = 0.005
   jitter_clip: float = 0.02
+  colors: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,7 +176,8 @@ def _pack(scene: dict[str, Any], idx: np.ndarray, center_xy: np.ndarray, crop: C
          "labels": np.full((n,), labels_lib.IGNORE_LABEL, np.int32),
          "point_mask": np.zeros((n,), bool)}
   out["points"][:count] = points
-  out["colors"][:count] = scene["colors"][idx].astype(np.float32) / 255.0
+  out["colors"][:count] = (scene["colors"][idx].astype(np.float32) / 255.0 if crop.colors
+                           else 0.5)
   out["labels"][:count] = scene["labels"][idx]
   out["point_mask"][:count] = True
   return out
@@ -691,7 +695,7 @@ def crop_config(config: ml_collections.ConfigDict) -> CropConfig:
   c = config.crop
   return CropConfig(num_points=c.num_points, size=c.size, max_rotation=c.max_rotation,
                     scale_range=tuple(c.scale_range), jitter_sigma=c.jitter_sigma,
-                    jitter_clip=c.jitter_clip)
+                    jitter_clip=c.jitter_clip, colors=c.colors)
 
 
 def optimizer_config(config: ml_collections.ConfigDict) -> OptimizerConfig:

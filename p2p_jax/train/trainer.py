@@ -71,7 +71,7 @@ def pair_config(config: ml_collections.ConfigDict) -> pipeline.PairConfig:
       crop_scale=tuple(p.crop_scale), flip_probability=p.flip_probability,
       views_per_frame=p.views_per_frame, max_rotation=p.max_rotation,
       scale_range=tuple(p.scale_range),
-      jitter_sigma=p.jitter_sigma, jitter_clip=p.jitter_clip)
+      jitter_sigma=p.jitter_sigma, jitter_clip=p.jitter_clip, colors=p.colors)
 
 
 def load_frames(data: ml_collections.ConfigDict):
@@ -181,7 +181,8 @@ def setup_pointcontrast(config, workdir, source, *, student, tx, schedule, devic
   matches = frame_pairs.MatchConfig(
       num_points=config.pairs.num_points, num_matches=c.num_matches,
       match_radius=c.voxel_size * c.match_radius_voxels, max_rotation=config.pairs.max_rotation,
-      full_rotation=c.full_rotation, scale_range=tuple(config.pairs.scale_range))
+      full_rotation=c.full_rotation, scale_range=tuple(config.pairs.scale_range),
+      colors=config.pairs.colors)
   dataset = pointcontrast.pointcontrast_dataset(
       source, pairs, matches, seed=config.seed, num_devices=jax.local_device_count(),
       per_device_batch=config.per_device_batch)
