@@ -30,7 +30,7 @@ import ml_collections
 
 # The budget, chosen from learning curves measured on other worlds (docs/demo/budget.md).
 TEACHER_STEPS = 2000
-PRETRAIN_STEPS = 600
+PRETRAIN_STEPS = 1500
 FINETUNE_STEPS = 1000
 
 
