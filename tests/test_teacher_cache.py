@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
@@ -112,3 +113,36 @@ def test_clear_errors(cache, tmp_path):
   json.dump({**meta, "num_frames": 9}, open(other / teacher_cache.METADATA, "w"))
   with pytest.raises(ValueError, match=r"8 records, but .*cache.json says num_frames=9"):
     teacher_cache.TeacherCache(str(other))
+
+
+def test_records_are_raw_float16_of_the_recorded_shape(cache, tmp_path):
+  built, _, _, _, metadata = cache
+  meta = json.load(open(os.path.join(built.directory, teacher_cache.METADATA)))
+  assert meta["format"] == "raw float16"
+  assert meta["record_shape"] == list(built.features(0).shape)
+  # Read from many threads at once (as the data loader does), every record is intact.
+  expected = [built.features(i) for i in range(len(built))]
+  with ThreadPoolExecutor(8) as pool:
+    got = list(pool.map(built.features, [i % len(built) for i in range(400)]))
+  for i, features in enumerate(got):
+    np.testing.assert_array_equal(features, expected[i % len(built)])
+  # A cache of the earlier .npy records has no "format" and is refused, naming the field.
+  with pytest.raises(ValueError, match=r"cache.json: field 'format' is None, but this run "
+                     r"needs 'raw float16'"):
+    old = tmp_path / "old"
+    old.mkdir()
+    os.symlink(os.path.join(built.directory, teacher_cache.FEATURES),
+               old / teacher_cache.FEATURES)
+    json.dump({k: v for k, v in meta.items() if k != "format"},
+              open(old / teacher_cache.METADATA, "w"))
+    teacher_cache.TeacherCache(str(old), metadata)
+  # A record of the wrong size names the file, the record and the shape.
+  bad = tmp_path / "bad"
+  bad.mkdir()
+  os.symlink(os.path.join(built.directory, teacher_cache.FEATURES),
+             bad / teacher_cache.FEATURES)
+  json.dump({**meta, "record_shape": [2] + meta["record_shape"][1:]},
+            open(bad / teacher_cache.METADATA, "w"))
+  with pytest.raises(ValueError, match=r"features.array_record: record 3 holds \d+ values, "
+                     r"but cache.json says record_shape=\[2, "):
+    teacher_cache.TeacherCache(str(bad)).features(3)

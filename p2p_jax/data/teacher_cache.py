@@ -11,13 +11,17 @@ views up to float16 rounding of the features (tested). Fresh random crops every 
 (`views_per_frame = 0`) cannot be cached.
 
 On disk, a directory:
-  features.array_record   record i: `np.save` bytes of float16 [V, h', w', C] for frame i
-  cache.json              what the features were computed from; opening a cache with other
-                          settings is an error naming the file and the field
+  features.array_record   record i: the raw float16 bytes of [V, h', w', C] for frame i
+  cache.json              what the features were computed from, and "record_shape"; opening a
+                          cache with other settings is an error naming the file and the field
+
+Records are raw bytes rather than `.npy`: `np.load` parses the `.npy` header with
+`ast.literal_eval`, and on CPython 3.11 concurrent AST construction in the loader's threads can
+fail with "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905).
 """
 
-import io
 import json
+import math
 import os
 from typing import Any, Callable, Sequence
 
@@ -32,13 +36,14 @@ from p2p_jax.models import resnet
 
 FEATURES = "features.array_record"
 METADATA = "cache.json"
+FORMAT = "raw float16"
 
 
 def cache_metadata(*, teacher: str, num_frames: int, seed: int,
                    config: pipeline.PairConfig, **identity: Any) -> dict[str, Any]:
   """What a cache's features depend on; `identity` names the teacher weights and the frames
   (e.g. checkpoint path, data dir, split)."""
-  return {"teacher": teacher, "num_frames": num_frames, "seed": seed,
+  return {"format": FORMAT, "teacher": teacher, "num_frames": num_frames, "seed": seed,
           "image_hw": list(config.image_hw), "views_per_frame": config.views_per_frame,
           "crop_scale": list(config.crop_scale), "crop_ratio": list(config.crop_ratio),
           "flip_probability": config.flip_probability, **identity}
@@ -68,7 +73,12 @@ class TeacherCache:
     return len(self._source)
 
   def features(self, index: int) -> np.ndarray:
-    return np.load(io.BytesIO(self._source[index]))
+    shape = self.metadata["record_shape"]
+    flat = np.frombuffer(self._source[index], np.float16)
+    if flat.size != math.prod(shape):
+      raise ValueError(f"{os.path.join(self.directory, FEATURES)}: record {index} holds "
+                       f"{flat.size} values, but {METADATA} says record_shape={shape}")
+    return flat.reshape(shape)
 
   def __getstate__(self):  # readers are per process; reopen after pickling
     return {"directory": self.directory, "metadata": self.metadata}
@@ -117,7 +127,7 @@ def build_cache(directory: str, source: Sequence[dict[str, Any]],
   partial = os.path.join(directory, FEATURES + ".partial")
   writer = array_record_module.ArrayRecordWriter(partial, "group_size:1")
   todo = [(i, v) for i in range(len(source)) for v in range(views)]
-  pending, record = [], None
+  pending, record, record_shape = [], None, None
   try:
     for start in tqdm.tqdm(range(0, len(todo), batch_size), desc="teacher cache",
                            disable=not progress):
@@ -132,13 +142,13 @@ def build_cache(directory: str, source: Sequence[dict[str, Any]],
       features = np.asarray(layer4(np.stack(padded)))[:len(images)].astype(np.float16)
       pending.extend(features)
       while len(pending) >= views:  # a frame's views are consecutive
-        buffer = io.BytesIO()
-        np.save(buffer, np.stack(pending[:views]))
-        writer.write(buffer.getvalue())
+        frame_features = np.ascontiguousarray(np.stack(pending[:views]), np.float16)
+        record_shape = list(frame_features.shape)
+        writer.write(frame_features.tobytes())
         pending = pending[views:]
   finally:
     writer.close()
   os.replace(partial, os.path.join(directory, FEATURES))
   with open(os.path.join(directory, METADATA), "w") as f:
-    json.dump(metadata, f, indent=1)
+    json.dump({**metadata, "record_shape": record_shape}, f, indent=1)
   return TeacherCache(directory, metadata)
