@@ -127,14 +127,13 @@ def test_records_are_raw_float16_of_the_recorded_shape(cache, tmp_path):
   for i, features in enumerate(got):
     np.testing.assert_array_equal(features, expected[i % len(built)])
   # A cache of the earlier .npy records has no "format" and is refused, naming the field.
+  old = tmp_path / "old"
+  old.mkdir()
+  os.symlink(os.path.join(built.directory, teacher_cache.FEATURES), old / teacher_cache.FEATURES)
+  json.dump({k: v for k, v in meta.items() if k != "format"},
+            open(old / teacher_cache.METADATA, "w"))
   with pytest.raises(ValueError, match=r"cache.json: field 'format' is None, but this run "
                      r"needs 'raw float16'"):
-    old = tmp_path / "old"
-    old.mkdir()
-    os.symlink(os.path.join(built.directory, teacher_cache.FEATURES),
-               old / teacher_cache.FEATURES)
-    json.dump({k: v for k, v in meta.items() if k != "format"},
-              open(old / teacher_cache.METADATA, "w"))
     teacher_cache.TeacherCache(str(old), metadata)
   # A record of the wrong size names the file, the record and the shape.
   bad = tmp_path / "bad"

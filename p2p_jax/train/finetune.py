@@ -612,8 +612,8 @@ def probe_logits(probe: dict, features: jax.Array) -> jax.Array:
 def probe_predict(variables: dict, probe: dict, points: jax.Array, colors: jax.Array,
                   point_mask: jax.Array, *, model: pointnet2.PointModel) -> jax.Array:
   """Class predictions int32 [B, N] of the fitted probe on the frozen backbone."""
-  _, aux = model.apply(variables, points, colors, point_mask, train=False)
-  return jnp.argmax(probe_logits(probe, aux["features"]), -1).astype(jnp.int32)
+  features = backbone_features(variables, points, colors, point_mask, model=model)
+  return jnp.argmax(probe_logits(probe, features), -1).astype(jnp.int32)
 
 
 # ---------------------------------------------------------------------------------------------

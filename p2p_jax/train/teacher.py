@@ -403,6 +403,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   start_time = time.perf_counter()
   if template is not None:
     trainer.check_config(config, template)
+  if config.eval_every and config.eval_every % config.log_every:
+    raise ValueError(f"eval_every={config.eval_every} must be a multiple of log_every="
+                     f"{config.log_every}: the held-out mIoU is measured on logged steps")
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   augment = augment_config(config)
@@ -427,10 +430,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                      batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]))
 
-  weights = class_weights(frames["train"]["label"], config.class_weight_power)
+  weights = (class_weights(frames["train"]["label"], config.class_weight_power)
+             if config.class_weight_power else None)
 
   # Loop.
   history = {"step": [], "loss": [], "pixel_accuracy": [], "holdout_miou": []}
+  last_eval = None  # (step, held-out confusion matrix)
   train_start = time.perf_counter()
   with open(os.path.join(workdir, "metrics.jsonl"), "w") as log:
     for step in tqdm.tqdm(range(config.total_steps), disable=not progress, desc="teacher"):
@@ -443,9 +448,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
         if config.eval_every and (step + 1) % config.eval_every == 0:
           # The held-out curve; its cost is left out of the training time.
           eval_start = time.perf_counter()
-          step_metrics["holdout_miou"] = metrics_lib.segmentation_scores(evaluate(
+          last_eval = (step + 1, evaluate(
               model, {"params": state.params, "batch_stats": state.batch_stats}, holdout,
-              config.eval_batch_size))["miou"]
+              config.eval_batch_size))
+          step_metrics["holdout_miou"] = metrics_lib.segmentation_scores(last_eval[1])["miou"]
           train_start += time.perf_counter() - eval_start
         history["step"].append(step + 1)
         for k in ("loss", "pixel_accuracy", "holdout_miou"):
@@ -457,7 +463,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
 
   # Evaluation and checkpoint.
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  confusion = evaluate(model, variables, holdout, config.eval_batch_size)
+  confusion = (last_eval[1] if last_eval and last_eval[0] == config.total_steps
+               else evaluate(model, variables, holdout, config.eval_batch_size))
   scores = metrics_lib.segmentation_scores(confusion)
   checkpoint = convert.save_teacher_checkpoint(
       os.path.join(workdir, "teacher"),
