@@ -81,7 +81,7 @@ def resnet_forward(repeats, rows, peak):
   model = resnet.ResNet50()
   for batch in (1, 8):
     images = jnp.zeros((batch, 240, 320, 3), jnp.float32)
-    variables = random_variables(lambda key: model.init(key, images))
+    variables = random_variables(lambda key: model.init(key, images))  # noqa: B023
     fn = jax.jit(lambda v, x: model.apply(v, x)[0])
     compiled = fn.lower(variables, images).compile()
     ms = median_ms(compiled, (variables, images), repeats)

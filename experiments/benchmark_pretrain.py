@@ -3,7 +3,8 @@
     python -m experiments.benchmark_pretrain [--steps 5] [--teacher resnet50]
 
 One device, batch 8 frames of 240x320 from synthetic rooms, N = 8192 points per frame and
-K = 4096 pairs per batch (512 per frame, as PPKT draws 4096 pairs over the whole batch), the classic PointNet++ student with a 128-d head, the UPL on a frozen
+K = 4096 pairs per batch (512 per frame, as PPKT draws 4096 pairs over the whole batch),
+the classic PointNet++ student with a 128-d head, the UPL on a frozen
 ResNet teacher: the pmapped step of `p2p_jax.train.ppkt` (pair sampling, teacher forward,
 student and UPL forward and backward, SGD update). Prints compile time, step time, frames/s
 and pairs/s, and XLA's FLOP count of the step against the measured float32 matmul peak

@@ -24,9 +24,7 @@ import sys
 import time
 from typing import Any
 
-import jax
 import ml_collections
-import numpy as np
 
 from experiments.configs import demo as demo_config
 from p2p_jax.train import finetune, teacher, trainer
@@ -64,7 +62,7 @@ def stage_configs(c: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 
 def make_world(c: ml_collections.ConfigDict, workdir: str) -> None:
-  from datasets.synthetic_rooms import generate  # pylint: disable=g-import-not-at-top
+  from datasets.synthetic_rooms import generate
   done = os.path.join(workdir, "rooms", "world.json")
   if os.path.exists(done):
     return
@@ -123,7 +121,7 @@ def run_study(c, configs, workdir, checkpoints) -> list[dict[str, Any]]:
     out = os.path.join(workdir, "finetune", run["name"])
     print(f"[{i + 1}/{len(runs)}] {run['name']}", flush=True)
     result = _run_json(os.path.join(out, "summary.json"), lambda: _summary(
-        finetune.train_and_evaluate(f, out, data=data, progress=False)))
+        finetune.train_and_evaluate(f, out, data=data, progress=False)))  # noqa: B023
     results.append({**run, **result})
   return results
 
@@ -177,7 +175,7 @@ def main(argv=None) -> int:
                  "pointcontrast": os.path.join(workdir, "pointcontrast")}
   results = timed("finetune", lambda: run_study(c, configs, workdir, checkpoints))
 
-  from experiments import demo_report  # pylint: disable=g-import-not-at-top
+  from experiments import demo_report
   timed("results", lambda: demo_report.write_results(
       args.results, c, configs, workdir, results, teacher_result, pretrained, checkpoints,
       timings))

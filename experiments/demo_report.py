@@ -80,7 +80,8 @@ def markdown(c, table, runs, teacher_result, pretrained, timings) -> str:
               + ", ".join(f"{100 * float(f):g}%: {100 * g:+.1f}" for f, g in zip(fractions, gains))]
     probe = (table["ppkt"]["linear_probe"]["miou"], table["scratch"]["linear_probe"]["miou"])
     lines.append(f"Linear probe, PPKT / randomly initialised student: "
-                 f"{100 * probe[0]:.1f} / {100 * probe[1]:.1f} = {probe[0] / max(probe[1], 1e-9):.2f}x")
+                 f"{100 * probe[0]:.1f} / {100 * probe[1]:.1f} = "
+                 f"{probe[0] / max(probe[1], 1e-9):.2f}x")
   smallest = f"{c.study.fractions[0]:g}"
   lines += ["", f"## Per-class IoU at {100 * c.study.fractions[0]:g}% labels (seed 0)", "",
             "| class | " + " | ".join(NAMES[i] for i in c.study.inits) + " |",
@@ -114,9 +115,9 @@ def markdown(c, table, runs, teacher_result, pretrained, timings) -> str:
 
 
 def plot(path: str, c, table) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(5.5, 4))
   x = np.array(c.study.fractions) * 100
   for init in c.study.inits:
@@ -150,9 +151,9 @@ def _read_jsonl(path: str) -> list[dict[str, Any]]:
 def plot_curves(path: str, c, workdir: str, teacher_result, runs) -> None:
   """Loss and accuracy against step for every stage: the teacher (and its held-out mIoU),
   each pretraining, and the fine-tuning runs at 100% of the labels (one line per init)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt
   fig, axes = plt.subplots(2, 3, figsize=(13, 6.5), sharex="col")
   curve = teacher_result.get("curve", {})
   steps = curve.get("step", [])
@@ -209,7 +210,7 @@ def _backbones(configs, checkpoints, inits):
 
 def feature_pictures(results_dir, c, configs, workdir, checkpoints) -> list[str]:
   """PCA pictures of one val frame (2D teacher and 3D features) and one val scene."""
-  from datasets.scannet_frames import load_frames  # pylint: disable=g-import-not-at-top
+  from datasets.scannet_frames import load_frames
   written = []
   backbones = _backbones(configs, checkpoints, c.study.inits)
   p = configs["ppkt"]
@@ -275,9 +276,9 @@ def feature_pictures(results_dir, c, configs, workdir, checkpoints) -> list[str]
 
 
 def _top_view(path, scene, scene_feats) -> str:
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt
   points = scene["points"]
   order = np.argsort(points[:, 2])  # higher points drawn last, as seen from above
   below_ceiling = points[order, 2] < np.percentile(points[:, 2], 90)

@@ -8,9 +8,7 @@ p2p_jax.train.finetune.
 Writes `results.json` and `metrics.jsonl` to the work dir and prints the per-class IoU table.
 """
 
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments.configs import finetune_synthetic

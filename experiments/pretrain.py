@@ -19,9 +19,7 @@ pods and SLURM; elsewhere name them, e.g. two processes on one machine:
 import json
 
 import jax
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments.configs import common

@@ -7,9 +7,7 @@ Prints the held-out 2D scores and the checkpoint path to pass as
 `--config.teacher.checkpoint` to experiments/pretrain.py.
 """
 
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments.configs import teacher_synthetic

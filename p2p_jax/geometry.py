@@ -65,7 +65,7 @@ def transform_points(transform: jax.Array, points: jax.Array) -> jax.Array:
 
 
 def rigid_transform(rotation: jax.Array, translation: jax.Array) -> jax.Array:
-  """Builds [*batch, 4, 4] rigid transforms from rotations [*batch, 3, 3] and translations [*batch, 3]."""
+  """[*batch, 4, 4] rigid transforms from rotations [*batch, 3, 3] and translations [*batch, 3]."""
   rotation = _as_float(rotation)
   translation = _as_float(translation)
   _check_matrix("rotation", rotation, 3, 3)

@@ -338,7 +338,7 @@ def segment_count(segment_ids: jax.Array, num_segments: int, *,
 
 def segment_mean(data: jax.Array, segment_ids: jax.Array, num_segments: int, *,
                  mask: jax.Array | None = None) -> jax.Array:
-  """Mean of `data [B, N, ...]` per segment; 0 for empty segments. Returns [B, num_segments, ...]."""
+  """Mean of `data [B, N, ...]` per segment, 0 for empty ones. Returns [B, num_segments, ...]."""
   total = segment_sum(data, segment_ids, num_segments, mask=mask)
   count = segment_count(segment_ids, num_segments, mask=mask)
   count = count.reshape(count.shape + (1,) * (total.ndim - 2))
@@ -347,7 +347,7 @@ def segment_mean(data: jax.Array, segment_ids: jax.Array, num_segments: int, *,
 
 def segment_max(data: jax.Array, segment_ids: jax.Array, num_segments: int, *,
                 mask: jax.Array | None = None) -> jax.Array:
-  """Maximum of `data [B, N, ...]` per segment; 0 for empty segments. Returns [B, num_segments, ...]."""
+  """Max of `data [B, N, ...]` per segment, 0 for empty ones. Returns [B, num_segments, ...]."""
   top = _segment(jax.ops.segment_max, data, segment_ids, num_segments, mask)
   count = segment_count(segment_ids, num_segments, mask=mask)
   count = count.reshape(count.shape + (1,) * (top.ndim - 2))
@@ -355,7 +355,7 @@ def segment_max(data: jax.Array, segment_ids: jax.Array, num_segments: int, *,
 
 
 def masked_max(x: jax.Array, mask: jax.Array, axis: int = -2) -> jax.Array:
-  """Max of `x` over `axis` among entries where `mask` (broadcast over trailing channels); 0 if none.
+  """Max of `x` over `axis` among entries where `mask` (broadcast over trailing channels), else 0.
 
   The pooling of a set abstraction layer: `masked_max(grouped_features, neighbour_mask[..., None])`.
   """

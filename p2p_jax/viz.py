@@ -9,7 +9,7 @@ stretched between its 1st and 99th percentile), the usual way of looking at dens
 matplotlib is imported only by `save_panels`.
 """
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import plyfile
@@ -89,9 +89,9 @@ def splat(pixels: np.ndarray, colors: np.ndarray, image_hw: tuple[int, int],
 
 def save_panels(path: str, panels: Sequence[tuple[str, np.ndarray]], title: str = "") -> None:
   """Saves images side by side as a PNG, each under its caption."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt
   fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.0), squeeze=False)
   for ax, (caption, image) in zip(axes[0], panels):
     ax.imshow(np.clip(image, 0, 1) if image.dtype.kind == "f" else image)

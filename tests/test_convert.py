@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812
 
 from experiments import convert_weights
 from p2p_jax.models import convert, resnet

@@ -1,6 +1,5 @@
 """Synthetic rooms -> scannet_frames (TFDS) -> pipeline -> pairs that land on their pixels."""
 
-import dataclasses
 
 import jax
 import numpy as np

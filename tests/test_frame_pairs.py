@@ -7,12 +7,12 @@ import os
 import jax
 import numpy as np
 import pytest
+from test_pipeline import make_frames
 
 from datasets.scannet_frames import build_frames
 from datasets.scannet_frames import make_pairs as make_pairs_cli
 from datasets.synthetic_rooms import generate
 from p2p_jax.data import frame_pairs
-from test_pipeline import make_frames
 
 
 def synthetic_frames(root, scenes=2, frames_per_scene=6):
@@ -172,7 +172,8 @@ def test_matches_are_within_the_radius_and_the_transforms_undo_exactly(built, fu
       # Every recovered point is a back-projected pixel of its own frame.
       (record,) = [source[int(i)] for i in range(len(source))
                    if source[int(i)]["frame"] == host["frame"][d, b, v]
-                   and np.array_equal(source[int(i)]["cam_to_world"], host["cam_to_world"][d, b, v])]
+                   and np.array_equal(source[int(i)]["cam_to_world"],
+                                      host["cam_to_world"][d, b, v])]
       cloud = reference_cloud(record)
       gap = np.sqrt(((w[mask[v]][:, None] - cloud[None]) ** 2).sum(-1)).min(1)
       assert gap.max() < 1e-4, gap.max()

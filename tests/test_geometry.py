@@ -201,7 +201,8 @@ def check_pair_sample(sample, valid, num_points, num_pairs):
   assert len(np.unique(flat)) == num_points  # without replacement
   pair_points = np.asarray(sample.pair_points)
   pair_mask = np.asarray(sample.pair_mask)
-  assert pair_points.shape == (num_pairs,) and np.all((0 <= pair_points) & (pair_points < num_points))
+  assert pair_points.shape == (num_pairs,)
+  assert np.all((0 <= pair_points) & (pair_points < num_points))
   assert len(np.unique(pair_points)) == num_pairs
   np.testing.assert_array_equal(sample.pair_pixels, pix[pair_points])
   np.testing.assert_array_equal(pair_mask, mask[pair_points])
@@ -223,7 +224,7 @@ def test_sample_pairs_is_uniform_over_valid_pixels():
   keys = jax.random.split(jax.random.key(1), 4000)
   samples = jax.vmap(lambda key: geometry.sample_pairs(key, valid, 5, 2))(keys)
   for i in range(0, 4000, 997):
-    check_pair_sample(jax.tree.map(lambda x: x[i], samples), valid, 5, 2)
+    check_pair_sample(jax.tree.map(lambda x: x[i], samples), valid, 5, 2)  # noqa: B023
   pix = np.asarray(samples.point_pixels)[np.asarray(samples.point_mask)]
   counts = np.bincount(pix[:, 0] * 8 + pix[:, 1], minlength=32)[valid.reshape(-1)]
   # 4000 draws of 5 among 10: each pixel expected 2000 times, std about 32.

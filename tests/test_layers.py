@@ -1,9 +1,9 @@
 """MaskedBatchNorm against flax.linen.BatchNorm(mask=...) and a NumPy formula."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import flax.linen as nn
 import pytest
 
 from p2p_jax.models.layers import MaskedBatchNorm, PointwiseDense
@@ -50,7 +50,8 @@ def test_matches_flax_batch_norm_values_gradients_and_running_averages(relu):
   weights = rng.normal(size=x.shape).astype(np.float32) * mask[..., None]
   def loss(module, params, x):
     tree = params if module is ours else {"BatchNorm_0": params}
-    stats = variables["batch_stats"] if module is ours else {"BatchNorm_0": variables["batch_stats"]}
+    stats = variables["batch_stats"]
+    stats = stats if module is ours else {"BatchNorm_0": stats}
     y, _ = run(module, {"params": tree, "batch_stats": stats}, x, mask, True)
     return jnp.sum(y * weights)
   grads = jax.grad(lambda p, x: loss(ours, p, x), (0, 1))(variables["params"], x)

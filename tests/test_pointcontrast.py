@@ -4,12 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_frame_pairs import synthetic_frames
 
 from datasets.scannet_frames import make_pairs as make_pairs_cli
 from p2p_jax.data import frame_pairs
 from p2p_jax.models import pointnet2
 from p2p_jax.train import pointcontrast
-from test_frame_pairs import synthetic_frames
 
 MATCH = frame_pairs.MatchConfig(num_points=512, num_matches=32)
 

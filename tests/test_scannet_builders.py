@@ -21,8 +21,7 @@ from datasets.scannet_frames import scannet_frames_dataset_builder as frames_lib
 from datasets.scannet_scenes import build as scenes_cli
 from datasets.scannet_scenes import scannet_scenes_dataset_builder as scenes_lib
 from p2p_jax import geometry
-from p2p_jax.data import labels
-from p2p_jax.data import scannet
+from p2p_jax.data import labels, scannet
 
 SPLITS = {"train": ["scene0000_00", "scene0001_00"], "val": ["scene0002_00"]}
 FRAMES = [0, 1, 25, 49, 50]  # skip25 keeps 0, 25, 50

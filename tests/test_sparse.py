@@ -30,7 +30,8 @@ def random_level(rng, batch=2, capacity=96, occupancy=0.3, origin=(-3, 2, -5)):
 def brute_force_neighbours(coords, mask, capacity, kernel_size):
   r = kernel_size // 2
   lookup = {tuple(c): i for i, c in enumerate(coords.tolist()) if mask[i]}
-  offsets = [(a, b, c) for a in range(-r, r + 1) for b in range(-r, r + 1) for c in range(-r, r + 1)]
+  span = range(-r, r + 1)
+  offsets = [(a, b, c) for a in span for b in span for c in span]
   expected = np.full((len(coords), len(offsets)), len(coords), np.int32)
   for i, c in enumerate(coords.tolist()):
     if mask[i]:

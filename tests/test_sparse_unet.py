@@ -38,7 +38,8 @@ def test_res16unet34c_matches_minkowski_engine_shapes():
       lambda v, p, c: model.apply(v, p, c, train=True, mutable=["batch_stats"]), variables,
       points, colors)
   assert out.shape == (2, 4096, 128) and aux["features"].shape == (2, 4096, 96)
-  assert su.SparseUNet34C().output_width == 96 and su.SparseUNet34C(out_features=20).output_width == 20
+  assert su.SparseUNet34C().output_width == 96
+  assert su.SparseUNet34C(out_features=20).output_width == 20
   params = variables["params"]["backbone"]
   assert params["conv0p1s1"]["kernel"].shape == (27, 3, 32)
   blocks = {name.split("_")[0]: 0 for name in params if name.startswith("block")}

@@ -9,12 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_pipeline import make_frames
+from test_train_ppkt import PAIRS, setup
 
 from p2p_jax.data import pipeline, teacher_cache
 from p2p_jax.models import resnet
 from p2p_jax.train import ppkt
-from test_pipeline import make_frames
-from test_train_ppkt import PAIRS, setup
 
 VIEWS = dataclasses.replace(PAIRS, views_per_frame=3)
 

@@ -5,11 +5,11 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+from test_pipeline import make_frames
 
 from p2p_jax.data import pipeline
 from p2p_jax.models import pointnet2, projector, resnet
 from p2p_jax.train import ppkt
-from test_pipeline import make_frames
 
 PAIRS = pipeline.PairConfig(image_hw=(32, 48), num_points=128, num_pairs=64,
                             crop_scale=(0.6, 1.0))

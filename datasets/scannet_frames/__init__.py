@@ -5,6 +5,10 @@
 """
 
 from datasets.scannet_frames.scannet_frames_dataset_builder import (
-    ScannetFrames, ScannetFramesConfig, build_frames, load_frames)
+    ScannetFrames,
+    ScannetFramesConfig,
+    build_frames,
+    load_frames,
+)
 
 __all__ = ["ScannetFrames", "ScannetFramesConfig", "build_frames", "load_frames"]

@@ -9,7 +9,8 @@ handling.
 import dataclasses
 import logging
 import os
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds

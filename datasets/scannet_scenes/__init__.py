@@ -5,6 +5,9 @@
 """
 
 from datasets.scannet_scenes.scannet_scenes_dataset_builder import (
-    ScannetScenes, build_scenes, load_scenes)
+    ScannetScenes,
+    build_scenes,
+    load_scenes,
+)
 
 __all__ = ["ScannetScenes", "build_scenes", "load_scenes"]

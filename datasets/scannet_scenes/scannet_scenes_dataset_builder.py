@@ -8,7 +8,8 @@ README next to this file describes the features and bad-input handling.
 
 import logging
 import os
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds

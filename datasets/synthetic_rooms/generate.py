@@ -44,6 +44,7 @@ import scipy.sparse.csgraph
 import tqdm
 import trimesh
 from PIL import Image
+
 # Imported directly so a missing embreex fails loudly instead of falling back to trimesh's
 # pure-Python ray tracer, which is two orders of magnitude slower.
 from trimesh.ray import ray_pyembree
@@ -812,10 +813,10 @@ def _layout(rng: np.random.Generator, room_type: str) -> _Layout:
     if rng.random() < _CURTAIN_PROBABILITY[room_type]:
       _window_with_curtains(rng, layout, sill, top)
     else:
-      _place_wall_fixture(rng, layout, lambda: _window(rng, sill, top), sill - 0.03)
+      _place_wall_fixture(rng, layout, lambda: _window(rng, sill, top), sill - 0.03)  # noqa: B023
   for _ in range(int(rng.integers(0, 2 if room_type == "bathroom" else 4))):
     centre_z = min(rng.uniform(1.3, 1.7), layout.height - 0.6)
-    _place_wall_fixture(rng, layout, lambda: _picture(rng, centre_z), centre_z - 0.45)
+    _place_wall_fixture(rng, layout, lambda: _picture(rng, centre_z), centre_z - 0.45)  # noqa: B023
   return layout
 
 
@@ -1005,8 +1006,8 @@ class Room:
     polygon: [P, 2] counter-clockwise floor outline.
     height: ceiling height in metres.
     clearance: [X, Y] distance (metres) of each free-space grid cell to the nearest wall,
-      furniture footprint or wall fixture; 0 outside the room or inside furniture. Cell (i, j) has its centre at
-      `grid_origin + GRID * (i, j)`.
+      furniture footprint or wall fixture; 0 outside the room or inside furniture. Cell (i, j)
+      has its centre at `grid_origin + GRID * (i, j)`.
     grid_origin: [2] centre of cell (0, 0).
     light: [3] position of the ceiling light.
     light_colour: [3] RGB tint of the light.

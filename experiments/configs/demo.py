@@ -20,13 +20,15 @@ other seeds, never on this world's val rooms; docs/demo/results.md records a mea
 Hardware: a 2-core CPU.
 """
 
-from experiments.configs import common
-from experiments.configs import finetune_synthetic
-from experiments.configs import pointcontrast_synthetic
-from experiments.configs import ppkt_synthetic
-from experiments.configs import teacher_synthetic
-
 import ml_collections
+
+from experiments.configs import (
+  common,
+  finetune_synthetic,
+  pointcontrast_synthetic,
+  ppkt_synthetic,
+  teacher_synthetic,
+)
 
 # The budget, chosen from learning curves measured on other worlds (docs/demo/budget.md).
 TEACHER_STEPS = 2000

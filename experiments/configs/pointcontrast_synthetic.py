@@ -3,7 +3,7 @@
 
     python -m experiments.pretrain --config experiments/configs/pointcontrast_synthetic.py \
         --workdir /tmp/pointcontrast_synthetic
-    python -m experiments.pretrain --config experiments/configs/pointcontrast_synthetic.py:runlocal \
+    python -m experiments.pretrain --config experiments/configs/pointcontrast_synthetic.py:runlocal\
         --workdir /tmp/pointcontrast_local      # seconds on a 2-core CPU
 
 Hardware and runtime: as `ppkt_synthetic` (the step has no teacher, so it is faster).

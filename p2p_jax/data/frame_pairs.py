@@ -34,7 +34,8 @@ import json
 import logging
 import math
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import grain
 import jax
@@ -125,7 +126,7 @@ def frame_cloud(record: dict[str, Any], config: OverlapConfig) -> np.ndarray:
 
 def _kd_tree(points: np.ndarray):
   # SciPy is needed by the offline step only, so it is imported here.
-  from scipy import spatial  # pylint: disable=g-import-not-at-top
+  from scipy import spatial
   return spatial.cKDTree(points)
 
 
@@ -214,7 +215,7 @@ def compute_pairs(source: Sequence[dict[str, Any]], config: OverlapConfig = Over
   Raises:
     ValueError: if a scene's frames are not contiguous in the source.
   """
-  import tqdm  # pylint: disable=g-import-not-at-top (offline only)
+  import tqdm  # offline only
   kept, candidates, finished = [], 0, set()
   paired = np.zeros(len(source), bool)
   scene, frames = None, []

@@ -25,7 +25,8 @@ row -> (row - top + 0.5) image_h / height - 0.5, and a flip maps col -> image_w 
 import dataclasses
 import functools
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import grain
 import jax

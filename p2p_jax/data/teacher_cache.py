@@ -23,13 +23,13 @@ fail with "SystemError: AST constructor recursion depth mismatch" (python/cpytho
 import json
 import math
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
 import tqdm
-from array_record.python import array_record_data_source
-from array_record.python import array_record_module
+from array_record.python import array_record_data_source, array_record_module
 
 from p2p_jax.data import pipeline
 from p2p_jax.models import resnet

@@ -11,11 +11,12 @@ and (2) no ball holds more than `nsample` points. Ball query keeps the first `ns
 in index order, as in PointNet++, so with fuller balls the kept neighbours depend on the order.
 """
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from p2p_jax import pointops
 from p2p_jax.losses import l2_normalize

@@ -17,9 +17,9 @@ Sampling convention (both paths): pixel (row, col) of the H x W image samples th
 and likewise for columns, with the same size H x W the map is upsampled to.
 """
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from p2p_jax.losses import l2_normalize
 

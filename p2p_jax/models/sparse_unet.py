@@ -31,7 +31,8 @@ permutation of the points (voxels are ordered by coordinates, not by point order
 
 import functools
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax

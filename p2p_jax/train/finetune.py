@@ -119,8 +119,8 @@ def load_split(data: ml_collections.ConfigDict, split: str) -> list[dict[str, An
   Returns:
     [{"points" float32 [P, 3], "colors" uint8 [P, 3], "labels" int32 [P], "scene" str}].
   """
-  from datasets.scannet_scenes import build_scenes, load_scenes  # pylint: disable=g-import-not-at-top
-  from datasets.synthetic_rooms import generate  # pylint: disable=g-import-not-at-top
+  from datasets.scannet_scenes import build_scenes, load_scenes
+  from datasets.synthetic_rooms import generate
   generate.generate_if_asked(data.manual_dir, data.synthetic)
   build_scenes(data.manual_dir, data.data_dir)
   source = load_scenes(data.data_dir, split)

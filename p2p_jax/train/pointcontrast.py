@@ -16,7 +16,7 @@ replication are `ppkt`'s.
 """
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax

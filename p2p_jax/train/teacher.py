@@ -183,8 +183,8 @@ def load_teacher_frames(data: ml_collections.ConfigDict) -> dict[str, dict[str, 
     {"train": ..., "holdout": ...}, each {"image" uint8 [F, H, W, 3], "label" int32
     [F, H, W], "scenes": list of the scene names}.
   """
-  from datasets.scannet_frames import build_frames, load_frames  # pylint: disable=g-import-not-at-top
-  from datasets.synthetic_rooms import generate  # pylint: disable=g-import-not-at-top
+  from datasets.scannet_frames import build_frames, load_frames
+  from datasets.synthetic_rooms import generate
   generate.generate_if_asked(data.manual_dir, data.synthetic)
   root, train, held_out = teacher_export(data.manual_dir, data.data_dir, data.holdout_fraction,
                                          data.holdout_seed)

@@ -24,7 +24,6 @@ import logging
 import os
 import signal
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -76,8 +75,9 @@ def pair_config(config: ml_collections.ConfigDict) -> pipeline.PairConfig:
 
 def load_frames(data: ml_collections.ConfigDict):
   """The frames source; generates synthetic rooms and builds the dataset when asked."""
-  from datasets.scannet_frames import build_frames, load_frames as load  # pylint: disable=g-import-not-at-top
-  from datasets.synthetic_rooms import generate  # pylint: disable=g-import-not-at-top
+  from datasets.scannet_frames import build_frames
+  from datasets.scannet_frames import load_frames as load
+  from datasets.synthetic_rooms import generate
   generate.generate_if_asked(data.manual_dir, data.synthetic)
   build_frames(data.manual_dir, data.data_dir, config=data.frames_config)
   return load(data.data_dir, data.split, config=data.frames_config)
@@ -167,7 +167,7 @@ def setup_pointcontrast(config, workdir, source, *, student, tx, schedule, devic
   `setup_ppkt` returns.
   """
   del workdir
-  from datasets.scannet_frames import make_pairs  # pylint: disable=g-import-not-at-top
+  from datasets.scannet_frames import make_pairs
   c = config.pointcontrast
   overlap = frame_pairs.OverlapConfig(
       voxel_size=c.voxel_size, match_radius_voxels=c.match_radius_voxels,
