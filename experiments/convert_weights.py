@@ -36,8 +36,13 @@ def main(argv=None):
 
   model = resnet.VARIANTS[args.arch]()
   try:
-    variables = convert.torchvision_resnet_to_flax(convert.load_state_dict(args.input), model)
-  except (ValueError, ImportError) as e:
+    state = convert.load_state_dict(args.input)
+  except (ValueError, ImportError, OSError) as e:  # These name the file already.
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  try:
+    variables = convert.torchvision_resnet_to_flax(state, model)
+  except ValueError as e:
     print(f"error: {args.input}: {e}", file=sys.stderr)
     return 1
   convert.save_teacher_checkpoint(output, variables, overwrite=args.overwrite)

@@ -177,6 +177,16 @@ def test_load_state_dict_unwraps_training_checkpoints(tmp_path):
                                 state["layer1.0.bn1.running_var"].numpy())
 
 
+def test_load_state_dict_reads_half_precision_safetensors_as_float32(tmp_path):
+  state = {"bf16": torch.randn(4, 3, generator=torch.Generator().manual_seed(0)).bfloat16(),
+           "f16": torch.linspace(-2, 2, 7).half()}
+  safetensors.torch.save_file(state, tmp_path / "w.safetensors")
+  loaded = convert.load_state_dict(tmp_path / "w.safetensors")
+  for name, tensor in state.items():
+    assert loaded[name].dtype == np.float32, name
+    np.testing.assert_array_equal(loaded[name], tensor.float().numpy())
+
+
 def test_load_state_dict_rejects_unknown_and_missing_files(tmp_path):
   np.savez(tmp_path / "w.npz", a=np.zeros(3))
   with pytest.raises(ValueError, match=r"w\.npz.*unsupported"):
@@ -222,5 +232,46 @@ def test_cli_errors(tmp_path, capsys):
   assert convert_weights.main(["--input", str(tmp_path / "tiny.pth"), "--arch", "resnet18",
                                "--output", str(tmp_path / "out")]) == 1
   err = capsys.readouterr().err
-  assert "cannot load the weights" in err and "shape mismatch: conv1.weight" in err
+  assert err.startswith(f"error: {tmp_path / 'tiny.pth'}: cannot load the weights")
+  assert err.count(str(tmp_path / "tiny.pth")) == 1
+  assert "shape mismatch: conv1.weight" in err
+  assert not (tmp_path / "out").exists()
+
+
+def _truncated(save):
+  def write(path):
+    save(random_state_dict(**TINY), path)
+    path.write_bytes(path.read_bytes()[:-200])
+  return write
+
+
+# File name -> (writes the file, what the error says after "error: <path>: ").
+BAD_FILES = {
+    "model.pth": (lambda p: torch.save(torch.nn.Conv2d(3, 4, 3), p),
+                  "not a weights-only state dict, it pickles torch.nn.modules.conv.Conv2d; was it "
+                  "saved with torch.save(model)? Save model.state_dict() instead"),
+    "truncated.pth": (_truncated(torch.save), "corrupt, truncated or not written by torch.save "
+                      "(RuntimeError: PytorchStreamReader failed reading zip archive"),
+    "random.pth": (lambda p: p.write_bytes(np.random.default_rng(0).bytes(1000)),
+                   "corrupt, truncated or not written by torch.save (UnpicklingError: "),
+    "empty.pt": (lambda p: p.write_bytes(b""),
+                 "corrupt, truncated or not written by torch.save (EOFError)"),
+    "truncated.safetensors": (_truncated(safetensors.torch.save_file),
+                              "not a readable .safetensors file (SafetensorError: "),
+    "checkpoint.pth": (lambda p: torch.save({"conv1.weight": torch.zeros(1), "epoch": 3}, p),
+                       "not a state dict, these entries are not tensors: ['epoch']"),
+    "weights.npz": (lambda p: np.savez(p, a=np.zeros(3)), "unsupported weight file suffix '.npz'"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_FILES))
+def test_cli_reports_bad_weight_files_in_one_line(tmp_path, capsys, name):
+  write, message = BAD_FILES[name]
+  path = tmp_path / name
+  write(path)
+  assert convert_weights.main(["--input", str(path), "--arch", "tiny",
+                               "--output", str(tmp_path / "out")]) == 1
+  err = capsys.readouterr().err
+  assert err.startswith(f"error: {path}: {message}"), err
+  assert err.count("\n") == 1 and err.count(str(path)) == 1, err
   assert not (tmp_path / "out").exists()

@@ -15,11 +15,14 @@ shortcuts (`downsample.1` is a conv, the d/e/t variants) and squeeze-excitation 
 """
 
 import os
+import pickle
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
@@ -46,43 +49,75 @@ _TIMM_VARIANTS = {
 }
 
 
+def _first_line(error: Exception) -> str:
+  """The gist of `error`: torch.load wraps its unpickler's reason in paragraphs of advice."""
+  text = str(error).split("WeightsUnpickler error:")[-1]
+  line = next((l.strip() for l in text.splitlines() if l.strip()), "")
+  line = line.split(". ")[0][:200]
+  return f"{type(error).__name__}: {line}" if line else type(error).__name__
+
+
+def _torch_load(path: str) -> Any:
+  """`torch.load(weights_only=True)` whose failures on bad files are one-line ValueErrors."""
+  import torch
+  try:
+    return torch.load(path, map_location="cpu", weights_only=True)
+  except OSError:
+    raise
+  except Exception as e:  # Bad files raise UnpicklingError, RuntimeError, EOFError, KeyError, ...
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+    if isinstance(e, pickle.UnpicklingError) and found:
+      raise ValueError(f"{path}: not a weights-only state dict, it pickles {found[1]}; was it "
+                       "saved with torch.save(model)? Save model.state_dict() instead") from e
+    raise ValueError(f"{path}: corrupt, truncated or not written by torch.save "
+                     f"({_first_line(e)})") from e
+
+
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """Reads a PyTorch state dict from disk.
 
   `.pth` / `.pt` files need PyTorch and are read with `weights_only=True` (no arbitrary
-  unpickling); `.safetensors` files are read with NumPy alone. Weights wrapped as
-  `{"state_dict": ...}`, as many training scripts save them, are unwrapped, and the `module.`
-  prefix of DistributedDataParallel is removed.
+  unpickling); `.safetensors` files need the `safetensors` package but not PyTorch. Weights
+  wrapped as `{"state_dict": ...}`, as many training scripts save them, are unwrapped, and the
+  `module.` prefix of DistributedDataParallel is removed.
 
   Args:
     path: the weight file.
 
   Returns:
-    Parameter and buffer names (e.g. "layer1.0.conv1.weight") -> numpy arrays; bfloat16
-    tensors of .pth files come back as float32.
+    Parameter and buffer names (e.g. "layer1.0.conv1.weight") -> numpy arrays; bfloat16 and
+    float16 tensors come back as float32.
 
   Raises:
     FileNotFoundError: `path` does not exist.
-    ValueError: the suffix is not one of the above, or the file holds non-tensor entries.
-    ImportError: a .pth / .pt file and no PyTorch installed.
+    ValueError: the suffix is not one of the above, the file is corrupt or truncated, or it
+      holds something other than tensors (e.g. a whole pickled module). Every message starts
+      with `path`.
+    ImportError: no PyTorch for a .pth / .pt file, or no safetensors for a .safetensors file.
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"no such weight file: {path}")
   suffix = os.path.splitext(path)[1].lower()
   if suffix == ".safetensors":
-    from safetensors.numpy import load_file
     try:
-      state = load_file(path)
-    except TypeError as e:  # NumPy has no bfloat16: safetensors cannot map the dtype.
-      raise ValueError(f"{path}: {e}; save it as float32 or as .pth") from e
+      import safetensors
+      from safetensors.numpy import load_file
+    except ImportError as e:
+      raise ImportError(f"reading {path} needs safetensors; install it") from e
+    try:
+      state = load_file(path)  # bfloat16 arrays use the NumPy dtype ml_dtypes registers.
+    except (safetensors.SafetensorError, TypeError) as e:
+      raise ValueError(f"{path}: not a readable .safetensors file ({_first_line(e)})") from e
+    state = {k: v.astype(np.float32) if v.dtype in (ml_dtypes.bfloat16, np.float16) else v
+             for k, v in state.items()}
   elif suffix in (".pth", ".pt"):
     try:
       import torch
     except ImportError as e:
       raise ImportError(f"reading {path} needs PyTorch; install torch or convert the file to "
                         ".safetensors") from e
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = _torch_load(path)
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
       state = state["state_dict"]
     if not isinstance(state, Mapping):
@@ -90,7 +125,9 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
       raise ValueError(f"{path}: not a state dict, these entries are not tensors: {bad}")
-    state = {k: (v.float() if v.dtype == torch.bfloat16 else v).numpy() for k, v in state.items()}
+    # torch cannot export bfloat16 to NumPy; half precision becomes float32 as for .safetensors.
+    state = {k: (v.float() if v.dtype in (torch.bfloat16, torch.float16) else v).numpy()
+             for k, v in state.items()}
   else:
     raise ValueError(f"{path}: unsupported weight file suffix {suffix!r}; expected .pth, .pt "
                      "or .safetensors")
