@@ -16,10 +16,9 @@ import time
 
 import jax
 
-from datasets.scannet_frames import build_frames, load_frames
-from datasets.synthetic_rooms import generate
 from experiments.benchmarking import print_table
-from p2p_jax.data import pipeline
+from p2p_jax.data import pipeline, synthetic
+from p2p_jax.data.scannet_frames import build_frames, load_frames
 
 
 def main(argv=None):
@@ -31,8 +30,8 @@ def main(argv=None):
   for hw in ((240, 320), (480, 640)):
     name = f"{hw[0]}x{hw[1]}"
     with tempfile.TemporaryDirectory() as tmp:
-      stats = generate.generate(f"{tmp}/rooms", num_scenes=4, frames_per_scene=args.frames // 4,
-                                height=hw[0], width=hw[1], seed=0, val_fraction=0.0)
+      stats = synthetic.generate(f"{tmp}/rooms", num_scenes=4, frames_per_scene=args.frames // 4,
+                                 height=hw[0], width=hw[1], seed=0, val_fraction=0.0)
       rows.append((f"synthetic rooms render + write {name}",
                    f"{1e3 / stats['frames_per_second']:9.1f}",
                    f"{stats['frames_per_second']:6.1f} frames/s",

@@ -22,10 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from datasets.scannet_frames import build_frames, load_frames
-from datasets.synthetic_rooms import generate
 from experiments.benchmarking import matmul_peak_gflops, print_table
-from p2p_jax.data import pipeline, teacher_cache
+from p2p_jax.data import pipeline, synthetic, teacher_cache
+from p2p_jax.data.scannet_frames import build_frames, load_frames
 from p2p_jax.models import pointnet2, projector, resnet
 from p2p_jax.train import ppkt
 
@@ -41,8 +40,8 @@ def main(argv=None):
   teacher = resnet.VARIANTS[args.teacher]()
   teacher_vars = jax.jit(teacher.init)(jax.random.key(0), jnp.zeros((1, 240, 320, 3)))
   with tempfile.TemporaryDirectory() as tmp:
-    generate.generate(f"{tmp}/rooms", num_scenes=2, frames_per_scene=8 * (args.steps + 1) // 2,
-                      seed=0, val_fraction=0.0)
+    synthetic.generate(f"{tmp}/rooms", num_scenes=2, frames_per_scene=8 * (args.steps + 1) // 2,
+                       seed=0, val_fraction=0.0)
     build_frames(f"{tmp}/rooms", f"{tmp}/tfds", config="skip1")
     source = load_frames(f"{tmp}/tfds", "train", config="skip1")
     layer4_fn = teacher_cache.teacher_features(teacher, teacher_vars)

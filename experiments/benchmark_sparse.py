@@ -4,7 +4,7 @@
 
 The scene is synthetic room 1 (a living room) of `datasets.synthetic_rooms.generate` with seed
 0: its surfaces (floor, walls, ceiling, furniture) sampled uniformly at the density that gives
-`--points` points (`generate.sample_surface`), with albedo colours as input features. Timed,
+`--points` points (`synthetic.sample_surface`), with albedo colours as input features. Timed,
 each as the median of `--repeats` runs after compilation:
 
 - building the voxel pyramid and all kernel maps (voxelisation, five 3x3x3 maps, four
@@ -27,16 +27,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from datasets.synthetic_rooms import generate
 from experiments.benchmarking import median_ms, print_table
+from p2p_jax.data import synthetic
 from p2p_jax.models import pointnet2, sparse_unet
 
 
 def room(num_points: int) -> tuple[np.ndarray, np.ndarray]:
   """Points [1, N, 3] and colours [1, N, 3] in [0, 1] of synthetic room 1."""
-  scene = generate.scene_room(0, 1)
+  scene = synthetic.scene_room(0, 1)
   density = num_points / scene.mesh.area
-  sample = generate.sample_surface(scene, np.random.default_rng(0), density)
+  sample = synthetic.sample_surface(scene, np.random.default_rng(0), density)
   points, colors = sample["points"][:num_points], sample["colors"][:num_points] / 255.0
   return points[None].astype(np.float32), colors[None].astype(np.float32)
 

@@ -6,7 +6,8 @@
 Stages (see experiments/configs/demo.py for the sizes), each resumed where it stopped when the
 job is interrupted and started again with the same work dir:
 
-  1. world          synthetic rooms: teacher scenes, training scenes, val scenes (disjoint)
+  1. world          synthetic rooms (teacher, training and val scenes, disjoint), and the
+                    datasets every stage reads (`p2p_jax.data.prepare`)
   2. teacher        a ResNet trained on the 2D labels of the teacher scenes, then frozen
   3. ppkt           PPKT pretraining of the 3D student on the training scenes' frames
      pointcontrast  PointContrast on the same frames, same student and budget
@@ -27,6 +28,7 @@ from typing import Any
 import ml_collections
 
 from experiments.configs import demo as demo_config
+from p2p_jax.data import prepare, synthetic
 from p2p_jax.train import finetune, teacher, trainer
 
 
@@ -61,17 +63,25 @@ def stage_configs(c: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   return out
 
 
-def make_world(c: ml_collections.ConfigDict, workdir: str) -> None:
-  from datasets.synthetic_rooms import generate
+def make_world(c: ml_collections.ConfigDict, configs: dict[str, Any], workdir: str) -> None:
+  """Generates the rooms once, then builds every stage's dataset (each build is reused)."""
   done = os.path.join(workdir, "rooms", "world.json")
-  if os.path.exists(done):
-    return
+  if not os.path.exists(done):
+    _generate(c, workdir, done)
+  prepare.teacher(configs["teacher"].data)
+  for method in ("ppkt", "pointcontrast"):
+    if method in c.study.inits:
+      prepare.frames(configs[method].data)
+  prepare.scenes(configs["finetune"].data)
+
+
+def _generate(c: ml_collections.ConfigDict, workdir: str, done: str) -> None:
   w = c.world
-  stats = generate.generate(os.path.join(workdir, "rooms"), num_scenes=w.scenes,
-                            frames_per_scene=w.frames_per_scene, height=w.height, width=w.width,
-                            seed=w.seed, val_fraction=w.val_fraction,
-                            teacher_fraction=w.teacher_fraction, points_per_m2=w.points_per_m2,
-                            overwrite=True, progress=True)
+  stats = synthetic.generate(os.path.join(workdir, "rooms"), num_scenes=w.scenes,
+                             frames_per_scene=w.frames_per_scene, height=w.height, width=w.width,
+                             seed=w.seed, val_fraction=w.val_fraction,
+                             teacher_fraction=w.teacher_fraction, points_per_m2=w.points_per_m2,
+                             overwrite=True, progress=True)
   with open(done, "w") as f:
     json.dump({**w.to_dict(), **stats}, f)
 
@@ -156,7 +166,7 @@ def main(argv=None) -> int:
     print(f"== {name}: {seconds:.0f} s", flush=True)
     return value
 
-  timed("world", lambda: make_world(c, workdir))
+  timed("world", lambda: make_world(c, configs, workdir))
   teacher_result = timed("teacher", lambda: _run_json(
       os.path.join(workdir, "teacher", "summary.json"),
       lambda: {k: v for k, v in teacher.train(configs["teacher"],

@@ -210,7 +210,7 @@ def _backbones(configs, checkpoints, inits):
 
 def feature_pictures(results_dir, c, configs, workdir, checkpoints) -> list[str]:
   """PCA pictures of one val frame (2D teacher and 3D features) and one val scene."""
-  from datasets.scannet_frames import load_frames
+  from p2p_jax.data.scannet_frames import load_frames
   written = []
   backbones = _backbones(configs, checkpoints, c.study.inits)
   p = configs["ppkt"]

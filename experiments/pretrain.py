@@ -23,6 +23,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments.configs import common
+from p2p_jax.data import prepare
 from p2p_jax.train import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]",
@@ -44,6 +45,7 @@ def main(argv):
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     logging.info("process %d of %d, %d of %d devices local", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
+  prepare.frames(_CONFIG.value.data)
   last = trainer.train(_CONFIG.value, _WORKDIR.value, template=common.base())
   if last:
     print(f"step {last['step']}: loss {last['loss']:.4f}, pair top-1 {last['pair_accuracy']:.3f}")

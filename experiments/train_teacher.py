@@ -11,6 +11,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments.configs import teacher_synthetic
+from p2p_jax.data import prepare
 from p2p_jax.train import teacher
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]",
@@ -22,6 +23,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   logging.set_verbosity(logging.INFO)
+  prepare.teacher(_CONFIG.value.data)
   results = teacher.train(_CONFIG.value, _WORKDIR.value, template=teacher_synthetic.base())
   print(results["iou_table"])
   print(f"held-out teacher frames: pixel accuracy {results['pixel_accuracy']:.3f}, "

@@ -4,15 +4,14 @@
 import jax
 import numpy as np
 
-from datasets.scannet_frames import build_frames, load_frames
-from datasets.synthetic_rooms import generate
-from p2p_jax.data import pipeline
+from p2p_jax.data import pipeline, synthetic
+from p2p_jax.data.scannet_frames import build_frames, load_frames
 
 
 def test_pairs_from_built_synthetic_frames_reproject_onto_their_pixels(tmp_path):
   manual = tmp_path / "rooms"
-  generate.generate(str(manual), num_scenes=2, frames_per_scene=4, height=48, width=64, seed=3,
-                    val_fraction=0.0, depth_holes=0.05, workers=1)
+  synthetic.generate(str(manual), num_scenes=2, frames_per_scene=4, height=48, width=64, seed=3,
+                     val_fraction=0.0, depth_holes=0.05, workers=1)
   build_frames(str(manual), str(tmp_path / "tfds"), config="skip1")
   source = load_frames(str(tmp_path / "tfds"), "train", config="skip1")
   assert len(source) == 8

@@ -210,7 +210,7 @@ def test_script_runlocal_trains_and_evaluates_every_point(tmp_path):
   assert results["init_step"] == 7 and results["mode"] == "finetune"
   assert 0 <= results["miou"] <= 1 and 0 <= results["oa"] <= 1
   # Every labelled point of the val scenes is evaluated.
-  from datasets.scannet_scenes import load_scenes
+  from p2p_jax.data.scannet_scenes import load_scenes
   val = load_scenes(f"{tmp_path}/tfds", "val")
   assert results["eval_points"] == sum(int((val[i]["labels"] >= 0).sum())
                                        for i in range(len(val)))

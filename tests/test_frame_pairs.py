@@ -9,16 +9,15 @@ import numpy as np
 import pytest
 from test_pipeline import make_frames
 
-from datasets.scannet_frames import build_frames
 from datasets.scannet_frames import make_pairs as make_pairs_cli
-from datasets.synthetic_rooms import generate
-from p2p_jax.data import frame_pairs
+from p2p_jax.data import frame_pairs, synthetic
+from p2p_jax.data.scannet_frames import build_frames, load_frames
 
 
 def synthetic_frames(root, scenes=2, frames_per_scene=6):
   """Synthetic rooms (48x64) built into scannet_frames; returns the TFDS data dir."""
-  generate.generate(str(root / "rooms"), num_scenes=scenes, frames_per_scene=frames_per_scene,
-                    height=48, width=64, seed=3, val_fraction=0.0, workers=1)
+  synthetic.generate(str(root / "rooms"), num_scenes=scenes, frames_per_scene=frames_per_scene,
+                     height=48, width=64, seed=3, val_fraction=0.0, workers=1)
   build_frames(str(root / "rooms"), str(root / "tfds"), config="skip1")
   return str(root / "tfds")
 
@@ -27,8 +26,14 @@ def synthetic_frames(root, scenes=2, frames_per_scene=6):
 def built(tmp_path_factory):
   """The TFDS data dir of 12 synthetic frames (2 scenes) with their pair list."""
   data_dir = synthetic_frames(tmp_path_factory.mktemp("frame_pairs"))
-  make_pairs_cli.make_pairs(data_dir, "train", "skip1", progress=False)
+  frame_pairs.mine_pairs(data_dir, "train", "skip1", progress=False)
   return data_dir
+
+
+def stored_pairs(data_dir):
+  """(frames source, stored pairs) of the train split."""
+  source = load_frames(data_dir, "train", "skip1")
+  return source, frame_pairs.load_pairs(frame_pairs.pairs_path(data_dir, "train", "skip1"), source)
 
 
 # Independent NumPy references.
@@ -113,8 +118,8 @@ def test_make_pairs_cli_writes_the_pair_list_next_to_the_dataset(built, capsys):
                               "--overwrite"]) == 0
   printed = capsys.readouterr().out
   path = os.path.join(built, "scannet_frames", "skip1", "1.0.0", "pairs_train.npz")
-  assert make_pairs_cli.pairs_path(built, "train", "skip1") == path and os.path.exists(path)
-  source, pairs = make_pairs_cli.load_pairs(built, "train", "skip1")
+  assert frame_pairs.pairs_path(built, "train", "skip1") == path and os.path.exists(path)
+  source, pairs = stored_pairs(built)
   s = pairs.stats
   assert (f"12 frames of 2 scenes; 30 candidate pairs, {s['kept']} kept, {s['rejected']} "
           f"rejected (overlap < 0.3); {s['frames_without_pair']} frames in no pair") in printed
@@ -127,7 +132,7 @@ def test_make_pairs_cli_writes_the_pair_list_next_to_the_dataset(built, capsys):
   clouds = [reference_downsample(reference_cloud(source[int(i)]), 0.05) for i in (a, b)]
   assert pairs.overlap[0] == pytest.approx(reference_overlap(*clouds, 0.075), abs=1e-3)
   # A second call with the same rule reuses the file; a length mismatch is an error.
-  again = make_pairs_cli.make_pairs(built, "train", "skip1", progress=False)
+  again = frame_pairs.mine_pairs(built, "train", "skip1", progress=False)
   np.testing.assert_array_equal(again.index, pairs.index)
   with pytest.raises(ValueError, match="recompute"):
     frame_pairs.load_pairs(path, source=list(range(5)))
@@ -152,7 +157,7 @@ def reference_matches(points, mask, radius):
 
 @pytest.mark.parametrize("full_rotation", [False, True])
 def test_matches_are_within_the_radius_and_the_transforms_undo_exactly(built, full_rotation):
-  source, pairs = make_pairs_cli.load_pairs(built, "train", "skip1")
+  source, pairs = stored_pairs(built)
   config = dataclasses.replace(MATCH, full_rotation=full_rotation)
   ds = frame_pairs.pointcontrast_dataset(source, pairs, config, seed=1, num_devices=2,
                                          per_device_batch=2, process_index=0, process_count=1)
@@ -203,7 +208,7 @@ def test_matches_are_within_the_radius_and_the_transforms_undo_exactly(built, fu
 
 
 def test_without_colours_both_views_are_grey_with_the_same_matches(built):
-  source, pairs = make_pairs_cli.load_pairs(built, "train", "skip1")
+  source, pairs = stored_pairs(built)
   ds = frame_pairs.pointcontrast_dataset(source, pairs, MATCH, seed=1, num_devices=1,
                                          per_device_batch=2, process_index=0, process_count=1)
   with_colour = jax.tree.map(np.asarray, frame_pairs.make_matches_jit(ds[0], MATCH))
@@ -218,7 +223,7 @@ def test_without_colours_both_views_are_grey_with_the_same_matches(built):
 
 
 def test_dataset_is_deterministic_reshuffled_and_sliced_by_process(built):
-  source, pairs = make_pairs_cli.load_pairs(built, "train", "skip1")
+  source, pairs = stored_pairs(built)
   make = lambda seed, index=0, count=1, devices=1: frame_pairs.pointcontrast_dataset(
       source, pairs, MATCH, seed=seed, num_devices=devices, per_device_batch=2,
       process_index=index, process_count=count)

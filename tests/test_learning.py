@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from datasets.synthetic_rooms import generate
 from p2p_jax import metrics
 from p2p_jax.data import labels as labels_lib
+from p2p_jax.data import synthetic
 from p2p_jax.train import finetune, teacher
 
 
@@ -51,10 +51,10 @@ def test_the_student_overfits_one_tiny_scene():
 
 
 def test_the_teacher_overfits_a_handful_of_frames():
-  room = generate.scene_room(0, 0)
-  intrinsics = generate.intrinsics_for(48, 64)
-  poses = generate.camera_trajectory(room, np.random.default_rng(1), 4)
-  rendered = [generate.render(room, pose, intrinsics, 48, 64, np.random.default_rng(i))
+  room = synthetic.scene_room(0, 0)
+  intrinsics = synthetic.intrinsics_for(48, 64)
+  poses = synthetic.camera_trajectory(room, np.random.default_rng(1), 4)
+  rendered = [synthetic.render(room, pose, intrinsics, 48, 64, np.random.default_rng(i))
               for i, pose in enumerate(poses)]
   frames = {"image": np.stack([r["color"] for r in rendered]),
             "label": np.stack([labels_lib.nyu40_to_scannet20(r["label"]) for r in rendered])}

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from test_frame_pairs import synthetic_frames
 
-from datasets.scannet_frames import make_pairs as make_pairs_cli
 from p2p_jax.data import frame_pairs
+from p2p_jax.data.scannet_frames import load_frames
 from p2p_jax.models import pointnet2
 from p2p_jax.train import pointcontrast
 
@@ -18,8 +18,8 @@ MATCH = frame_pairs.MatchConfig(num_points=512, num_matches=32)
 def data(tmp_path_factory):
   """(frames source, pair list) of 12 synthetic 48x64 frames of 2 scenes."""
   data_dir = synthetic_frames(tmp_path_factory.mktemp("pointcontrast"))
-  make_pairs_cli.make_pairs(data_dir, "train", "skip1", progress=False)
-  return make_pairs_cli.load_pairs(data_dir, "train", "skip1")
+  pairs = frame_pairs.mine_pairs(data_dir, "train", "skip1", progress=False)
+  return load_frames(data_dir, "train", "skip1"), pairs
 
 
 def setup(data, optimizer="sgd", learning_rate=0.1):

@@ -19,6 +19,7 @@ import pytest
 from tensorboardX.proto import event_pb2
 
 from experiments.configs import common
+from p2p_jax.data import prepare
 from p2p_jax.train import trainer
 
 CONFIGS = sorted(os.path.basename(p)[:-3] for pattern in ("ppkt_*.py", "pointcontrast_*.py")
@@ -70,6 +71,7 @@ def uninterrupted(tmp_path_factory):
   """A 20-step runlocal run: the reference every resumed run must reproduce exactly."""
   tmp = tmp_path_factory.mktemp("uninterrupted")
   config = runlocal(tmp)
+  prepare.frames(config.data)
   last = trainer.train(config, str(tmp / "work"), template=common.base())
   return config, str(tmp / "work"), last
 
@@ -253,6 +255,7 @@ def test_pointcontrast_runlocal_trains_through_the_same_loop(uninterrupted, tmp_
   config = runlocal(tmp_path, "pointcontrast_synthetic")
   config.data.manual_dir, config.data.data_dir = (ppkt_config.data.manual_dir,
                                                   ppkt_config.data.data_dir)
+  prepare.frames(config.data)
   workdir = str(tmp_path / "work")
   last = trainer.train(config, workdir, template=common.base())
   records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
@@ -276,6 +279,7 @@ def test_the_papers_sparse_unet_student_pretrains_through_the_same_loop(uninterr
       "sr_unet34c")
   config.data.manual_dir, config.data.data_dir = (ppkt_config.data.manual_dir,
                                                   ppkt_config.data.data_dir)
+  prepare.frames(config.data)
   config.total_steps = 8
   last = trainer.train(config, str(tmp_path / "work"), template=common.base())
   records = [json.loads(line) for line in open(tmp_path / "work" / "metrics.jsonl")]

@@ -17,11 +17,11 @@ from PIL import Image
 
 from datasets.scannet_frames import build as frames_cli
 from datasets.scannet_frames import dummy_data
-from datasets.scannet_frames import scannet_frames_dataset_builder as frames_lib
 from datasets.scannet_scenes import build as scenes_cli
-from datasets.scannet_scenes import scannet_scenes_dataset_builder as scenes_lib
 from p2p_jax import geometry
 from p2p_jax.data import labels, scannet
+from p2p_jax.data import scannet_frames as frames_lib
+from p2p_jax.data import scannet_scenes as scenes_lib
 
 SPLITS = {"train": ["scene0000_00", "scene0001_00"], "val": ["scene0002_00"]}
 FRAMES = [0, 1, 25, 49, 50]  # skip25 keeps 0, 25, 50
@@ -33,7 +33,7 @@ def captured_log():
   lines = []
   handler = logging.Handler(logging.INFO)
   handler.emit = lambda record: lines.append(record.getMessage())
-  logger = logging.getLogger("datasets")
+  logger = logging.getLogger("p2p_jax.data")
   logger.addHandler(handler)
   level = logger.level
   logger.setLevel(logging.INFO)
@@ -371,3 +371,15 @@ def test_loading_an_unbuilt_dataset_says_how_to_build_it(tmp_path):
     frames_lib.load_frames(str(tmp_path), "train")
   with pytest.raises(FileNotFoundError, match="datasets.scannet_scenes.build"):
     scenes_lib.load_scenes(str(tmp_path), "train")
+
+
+@pytest.mark.parametrize("name,cls", [("scannet_frames", frames_lib.ScannetFrames),
+                                      ("scannet_scenes", scenes_lib.ScannetScenes)])
+def test_tfds_finds_each_builder_in_its_datasets_folder(name, cls):
+  # As `tfds build datasets/<name>` loads it: the folder's module, this folder's citation.
+  folder = os.path.join(os.path.dirname(__file__), "..", "datasets")
+  with tfds.core.utils.add_sys_path(folder):
+    builder = tfds.core.community.builder_cls_from_module(f"{name}.{name}_dataset_builder")
+  assert issubclass(builder, cls) and builder.name == cls.name == name
+  assert "dai2017scannet" in builder.get_metadata().citation
+  assert tfds.builder_cls(name) is cls  # the package's class stays the registered one

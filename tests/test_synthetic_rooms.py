@@ -9,9 +9,9 @@ import scipy.spatial
 import trimesh
 from trimesh.ray import ray_pyembree
 
-from datasets.synthetic_rooms import generate as rooms
 from p2p_jax import geometry
 from p2p_jax.data import labels, scannet
+from p2p_jax.data import synthetic as rooms
 
 SEED = 3
 NUM_SCENES = 5  # one of each room type

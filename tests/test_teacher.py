@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import teacher_synthetic
+from p2p_jax.data import teacher_frames
 from p2p_jax.models import convert, resnet
 from p2p_jax.train import teacher, trainer
 
@@ -30,13 +31,13 @@ def test_every_config_builds_and_has_only_known_keys():
 
 def test_held_out_scenes_are_disjoint_and_seeded():
   scenes = [f"scene{i:04d}_00" for i in range(10)]
-  train, held_out = teacher.split_teacher_scenes(scenes, 0.2, seed=0)
+  train, held_out = teacher_frames.split_teacher_scenes(scenes, 0.2, seed=0)
   assert len(held_out) == 2 and sorted(train + held_out) == scenes
   assert not set(train) & set(held_out)
-  assert teacher.split_teacher_scenes(scenes[::-1], 0.2, seed=0) == (train, held_out)
-  assert teacher.split_teacher_scenes(scenes[:2], 0.01, seed=0)[1] != []
+  assert teacher_frames.split_teacher_scenes(scenes[::-1], 0.2, seed=0) == (train, held_out)
+  assert teacher_frames.split_teacher_scenes(scenes[:2], 0.01, seed=0)[1] != []
   with pytest.raises(ValueError, match="at least 2 scenes"):
-    teacher.split_teacher_scenes(scenes[:1], 0.2, seed=0)
+    teacher_frames.split_teacher_scenes(scenes[:1], 0.2, seed=0)
 
 
 def test_crops_keep_labels_exact():
@@ -70,7 +71,7 @@ def test_segmentation_net_logits_at_input_resolution():
 def test_missing_teacher_list_is_explained(tmp_path):
   os.makedirs(tmp_path / "scans")
   with pytest.raises(FileNotFoundError, match="teacher_fraction > 0"):
-    teacher.teacher_export(str(tmp_path), str(tmp_path / "tfds"), 0.2, 0)
+    teacher_frames.teacher_split(str(tmp_path), str(tmp_path / "tfds"), 0.2, 0)
 
 
 def test_a_held_out_curve_off_the_logged_steps_is_refused_by_name(tmp_path):

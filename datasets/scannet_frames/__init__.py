@@ -1,14 +1,5 @@
-"""ScanNet RGB-D frames as a TFDS dataset; importing this registers the builder.
+"""ScanNet RGB-D frames as a TFDS dataset: the builder lives in `p2p_jax.data.scannet_frames`.
 
-    build_frames(manual_dir, data_dir, config)   export -> array_record (or the `build` CLI)
-    load_frames(data_dir, split, config)         random-access numpy examples, no TensorFlow
+    python -m datasets.scannet_frames.build        export -> array_record
+    python -m datasets.scannet_frames.make_pairs   overlapping frame pairs, for PointContrast
 """
-
-from datasets.scannet_frames.scannet_frames_dataset_builder import (
-    ScannetFrames,
-    ScannetFramesConfig,
-    build_frames,
-    load_frames,
-)
-
-__all__ = ["ScannetFrames", "ScannetFramesConfig", "build_frames", "load_frames"]

@@ -13,7 +13,7 @@ import sys
 
 import jax
 
-from datasets.scannet_frames import scannet_frames_dataset_builder as builder_lib
+from p2p_jax.data import scannet_frames as builder_lib
 
 
 def main(argv: list[str] | None = None) -> int:

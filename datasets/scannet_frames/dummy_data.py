@@ -13,8 +13,7 @@ import numpy as np
 import plyfile
 from PIL import Image
 
-from datasets.scannet_frames import scannet_export
-from p2p_jax.data import scannet
+from p2p_jax.data import export, scannet
 
 DEPTH_HW = (24, 32)
 
@@ -106,7 +105,7 @@ def write_export(manual_dir: str, splits: dict[str, list[str]], frames: list[int
       truth[scene] = write_scene(os.path.join(manual_dir, "scans", scene), scene, frames,
                                  color_hw, rng)
     if split_lists:
-      with open(os.path.join(manual_dir, scannet_export.SPLIT_FILES[split]), "w") as f:
+      with open(os.path.join(manual_dir, export.SPLIT_FILES[split]), "w") as f:
         f.write("".join(f"{scene}\n" for scene in scenes))
   scannet.write_label_map(os.path.join(manual_dir, scannet.LABEL_MAP_FILE), LABEL_MAP)
   return truth
@@ -207,10 +206,10 @@ def damage_frame(scene_dir: str, frame: int, kind: str) -> tuple[str, str]:
 MESH_DAMAGE = {
     "missing_mesh": scannet.MISSING_FILE,
     "missing_labels": scannet.MISSING_FILE,
-    "garbage_mesh": scannet_export.MALFORMED_MESH,
-    "truncated_labels": scannet_export.MALFORMED_MESH,
-    "unlabelled": scannet_export.MALFORMED_MESH,
-    "vertex_count": scannet_export.MALFORMED_MESH,
+    "garbage_mesh": export.MALFORMED_MESH,
+    "truncated_labels": export.MALFORMED_MESH,
+    "unlabelled": export.MALFORMED_MESH,
+    "vertex_count": export.MALFORMED_MESH,
 }
 
 

@@ -6,79 +6,26 @@
 
 Writes `<data_dir>/scannet_frames/<config>/<version>/pairs_<split>.npz` next to the dataset
 (source indices into `load_frames(data_dir, split, config)` and each pair's overlap, see
-`p2p_jax.data.frame_pairs`) and prints how many candidate pairs were kept and rejected and how
-many frames are in no pair.
+`p2p_jax.data.frame_pairs.mine_pairs`) and prints how many candidate pairs were kept and
+rejected and how many frames are in no pair.
 """
 
 import argparse
-import dataclasses
 import logging
-import os
-import re
 import sys
 
 import jax
 
-from datasets.scannet_frames import scannet_frames_dataset_builder as builder_lib
 from p2p_jax.data import frame_pairs
-
-
-def pairs_path(data_dir: str, split: str, config: str = "skip25") -> str:
-  """Where the pairs of a split of a built scannet_frames dataset are stored.
-
-  Args:
-    data_dir: the TFDS data dir the dataset was built into.
-    split: the split (a TFDS slice such as "train[:10%]" gets its own file).
-    config: the dataset's config name.
-
-  Returns:
-    `<data_dir>/scannet_frames/<config>/<version>/pairs_<split>.npz`.
-  """
-  builder = builder_lib.ScannetFrames(data_dir=data_dir, config=config)
-  name = re.sub(r"[^A-Za-z0-9_.-]+", "_", split).strip("_")
-  return os.path.join(os.fspath(builder.data_dir), f"pairs_{name}.npz")
-
-
-def make_pairs(data_dir: str, split: str, config: str = "skip25",
-               overlap: frame_pairs.OverlapConfig = frame_pairs.OverlapConfig(), *,
-               overwrite: bool = False, progress: bool = True) -> frame_pairs.FramePairs:
-  """Computes (or loads, if present and computed with `overlap`) the pairs of a split.
-
-  Args:
-    data_dir: the TFDS data dir the dataset was built into.
-    split: the split.
-    config: the dataset's config name.
-    overlap: the overlap rule.
-    overwrite: recompute even if the file exists.
-    progress: show a progress bar.
-
-  Returns:
-    The pairs, as stored in `pairs_path(data_dir, split, config)`.
-  """
-  source = builder_lib.load_frames(data_dir, split, config)
-  path = pairs_path(data_dir, split, config)
-  if os.path.exists(path) and not overwrite:
-    pairs = frame_pairs.load_pairs(path, source)
-    if pairs.stats.get("config") == dataclasses.asdict(overlap):
-      return pairs
-    logging.info("%s was computed with %s; recomputing", path, pairs.stats.get("config"))
-  pairs = frame_pairs.compute_pairs(source, overlap, progress=progress)
-  frame_pairs.save_pairs(path, pairs)
-  return pairs
-
-
-def load_pairs(data_dir: str, split: str, config: str = "skip25"):
-  """The frames source of a split and its stored pairs: (source, `FramePairs`)."""
-  source = builder_lib.load_frames(data_dir, split, config)
-  return source, frame_pairs.load_pairs(pairs_path(data_dir, split, config), source)
+from p2p_jax.data.scannet_frames import ScannetFrames
 
 
 def main(argv: list[str] | None = None) -> int:
   """Parses the command line, computes and stores the pairs and prints their counts."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--data_dir", required=True, help="the TFDS data dir of scannet_frames")
-  parser.add_argument("--config", default=builder_lib.ScannetFrames.DEFAULT_CONFIG_NAME,
-                      choices=[c.name for c in builder_lib.ScannetFrames.BUILDER_CONFIGS])
+  parser.add_argument("--config", default=ScannetFrames.DEFAULT_CONFIG_NAME,
+                      choices=[c.name for c in ScannetFrames.BUILDER_CONFIGS])
   parser.add_argument("--split", default="train")
   defaults = frame_pairs.OverlapConfig()
   parser.add_argument("--voxel_size", type=float, default=defaults.voxel_size,
@@ -97,12 +44,13 @@ def main(argv: list[str] | None = None) -> int:
   overlap = frame_pairs.OverlapConfig(
       voxel_size=args.voxel_size, match_radius_voxels=args.match_radius_voxels,
       min_overlap=args.min_overlap, max_frame_distance=args.max_frame_distance)
-  pairs = make_pairs(args.data_dir, args.split, args.config, overlap, overwrite=args.overwrite)
+  pairs = frame_pairs.mine_pairs(args.data_dir, args.split, args.config, overlap,
+                                 overwrite=args.overwrite)
   s = pairs.stats
   print(f"scannet_frames/{args.config} {args.split}: {s['frames']} frames of {s['scenes']} "
         f"scenes; {s['candidates']} candidate pairs, {s['kept']} kept, {s['rejected']} rejected "
         f"(overlap < {args.min_overlap}); {s['frames_without_pair']} frames in no pair")
-  print(f"written to {pairs_path(args.data_dir, args.split, args.config)}")
+  print(f"written to {frame_pairs.pairs_path(args.data_dir, args.split, args.config)}")
   return 0
 
 

@@ -1,13 +1,4 @@
-"""ScanNet scene meshes with ScanNet-20 labels as a TFDS dataset; importing this registers it.
+"""ScanNet scene meshes as a TFDS dataset: the builder lives in `p2p_jax.data.scannet_scenes`.
 
-    build_scenes(manual_dir, data_dir)   export -> array_record (or the `build` CLI)
-    load_scenes(data_dir, split)         random-access numpy examples, no TensorFlow
+    python -m datasets.scannet_scenes.build        export -> array_record
 """
-
-from datasets.scannet_scenes.scannet_scenes_dataset_builder import (
-    ScannetScenes,
-    build_scenes,
-    load_scenes,
-)
-
-__all__ = ["ScannetScenes", "build_scenes", "load_scenes"]

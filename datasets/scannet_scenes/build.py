@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from datasets.scannet_scenes import scannet_scenes_dataset_builder as builder_lib
+from p2p_jax.data import scannet_scenes as builder_lib
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,1 +1,1 @@
-"""Synthetic indoor rooms rendered into the ScanNet export layout; see generate.py and README.md."""
+"""Synthetic indoor rooms in the ScanNet export layout: `generate` is the command line."""

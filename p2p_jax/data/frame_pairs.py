@@ -6,7 +6,7 @@ This module prepares its data in three parts:
 
   offline (`compute_pairs`, NumPy + SciPy): the pairs of frames of one scene whose
     back-projected clouds overlap by at least 30%, computed once per split and stored next to
-    the dataset (`save_pairs` / `load_pairs`; the `datasets.scannet_frames.make_pairs` CLI);
+    the dataset (`mine_pairs`, `load_pairs`; the `datasets.scannet_frames.make_pairs` CLI);
   host (`augment_pair`, `pointcontrast_dataset`, Grain + NumPy): reads both frames of a pair
     and draws each view's augmentation from a generator seeded by (seed, global position);
   device (`make_matches`, pure JAX, jittable and vmappable): back-projects both frames to
@@ -34,6 +34,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,7 +45,7 @@ import numpy as np
 from jax import lax
 
 from p2p_jax import geometry, pointops
-from p2p_jax.data import pipeline
+from p2p_jax.data import pipeline, scannet_frames
 
 logger = logging.getLogger(__name__)
 
@@ -293,6 +294,44 @@ def load_pairs(path: str, source: Sequence[Any] | None = None) -> FramePairs:
   if source is not None and len(source) != pairs.num_frames:
     raise ValueError(f"{path}: pairs of a source of {pairs.num_frames} frames, but this one "
                      f"has {len(source)}; recompute them")
+  return pairs
+
+
+def pairs_path(data_dir: str, split: str, config: str = "skip25") -> str:
+  """`<data_dir>/scannet_frames/<config>/<version>/pairs_<split>.npz`: a built split's pairs.
+
+  A TFDS slice such as "train[:10%]" gets its own file.
+  """
+  builder = scannet_frames.ScannetFrames(data_dir=data_dir, config=config)
+  name = re.sub(r"[^A-Za-z0-9_.-]+", "_", split).strip("_")
+  return os.path.join(os.fspath(builder.data_dir), f"pairs_{name}.npz")
+
+
+def mine_pairs(data_dir: str, split: str, config: str = "skip25",
+               overlap: OverlapConfig = OverlapConfig(), *, overwrite: bool = False,
+               progress: bool = True) -> FramePairs:
+  """Computes and stores the pairs of a built split, or loads them if stored with `overlap`.
+
+  Args:
+    data_dir: the TFDS data dir scannet_frames was built into.
+    split: the split.
+    config: the dataset's config name.
+    overlap: the overlap rule.
+    overwrite: recompute even if the file exists.
+    progress: show a progress bar.
+
+  Returns:
+    The pairs, as stored in `pairs_path(data_dir, split, config)`.
+  """
+  source = scannet_frames.load_frames(data_dir, split, config)
+  path = pairs_path(data_dir, split, config)
+  if os.path.exists(path) and not overwrite:
+    pairs = load_pairs(path, source)
+    if pairs.stats.get("config") == dataclasses.asdict(overlap):
+      return pairs
+    logging.info("%s was computed with %s; recomputing", path, pairs.stats.get("config"))
+  pairs = compute_pairs(source, overlap, progress=progress)
+  save_pairs(path, pairs)
   return pairs
 
 

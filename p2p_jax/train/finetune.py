@@ -59,6 +59,7 @@ from flax import traverse_util
 
 from p2p_jax import metrics as metrics_lib
 from p2p_jax.data import labels as labels_lib
+from p2p_jax.data import scannet_scenes
 from p2p_jax.models import pointnet2
 from p2p_jax.train import ppkt, trainer
 
@@ -107,10 +108,7 @@ class OptimizerConfig:
 
 
 def load_split(data: ml_collections.ConfigDict, split: str) -> list[dict[str, Any]]:
-  """The scenes of a split as numpy arrays, building `scannet_scenes` first if needed.
-
-  Synthetic rooms are generated into `data.manual_dir` first when it has no scans/ and
-  `data.synthetic.scenes` > 0.
+  """The scenes of a prepared split (`p2p_jax.data.prepare.scenes`), as numpy arrays.
 
   Args:
     data: the `data` field of a fine-tuning config.
@@ -119,11 +117,7 @@ def load_split(data: ml_collections.ConfigDict, split: str) -> list[dict[str, An
   Returns:
     [{"points" float32 [P, 3], "colors" uint8 [P, 3], "labels" int32 [P], "scene" str}].
   """
-  from datasets.scannet_scenes import build_scenes, load_scenes
-  from datasets.synthetic_rooms import generate
-  generate.generate_if_asked(data.manual_dir, data.synthetic)
-  build_scenes(data.manual_dir, data.data_dir)
-  source = load_scenes(data.data_dir, split)
+  source = scannet_scenes.load_scenes(data.data_dir, split)
   scenes = []
   for i in range(len(source)):
     example = source[i]

@@ -9,13 +9,9 @@ of the frames of the *teacher scenes*: scenes the synthetic generator lists in
 scenes (train, val). Training the head on layer4 puts the semantics where PPKT's projection
 layer reads the teacher's features.
 
-Data. The teacher scenes are split by scene into training and held-out scenes (seeded). The
-`scannet_frames` builder knows the splits "train" and "val" only, so the teacher scenes are
-exposed to it through a small export of their own: `<data_dir>/teacher_<hash>/export/` holds
-symbolic links to the scene folders, the label map and split lists naming the teacher's
-training scenes "train" and its held-out scenes "val"; the dataset (a `*_labels` frames config)
-is built next to it. The hash names the scene lists, so other lists never reuse a stale build.
-Frames are read into memory once.
+Data: the teacher scenes, split by scene into training and held-out scenes
+(`p2p_jax.data.teacher_frames`; `p2p_jax.data.prepare.teacher` builds them), read into memory
+once.
 
 Training: torchvision's random resized crop (area `crop_scale`, aspect `crop_ratio`) of each
 frame resized to `image_hw` (bilinear for the image, nearest for the labels), horizontal flip,
@@ -33,10 +29,8 @@ same variant.
 
 import dataclasses
 import functools
-import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -52,12 +46,9 @@ from PIL import Image
 
 from p2p_jax import metrics as metrics_lib
 from p2p_jax.data import labels as labels_lib
-from p2p_jax.data import pipeline
+from p2p_jax.data import pipeline, teacher_frames
 from p2p_jax.models import convert, resnet
 from p2p_jax.train import ppkt, trainer
-
-TEACHER_LIST = "scannetv2_teacher.txt"
-LABEL_MAP_FILE = "scannetv2-labels.combined.tsv"
 
 
 class SegmentationNet(nn.Module):
@@ -118,90 +109,15 @@ class AugmentConfig:
 # ---------------------------------------------------------------------------------------------
 
 
-def split_teacher_scenes(scenes: Sequence[str], holdout_fraction: float,
-                         seed: int) -> tuple[list[str], list[str]]:
-  """(training scenes, held-out scenes) of the teacher: max(1, round(f n)) held out.
-
-  Raises:
-    ValueError: fewer than two scenes (nothing would be left on one side).
-  """
-  scenes = sorted(scenes)
-  if len(scenes) < 2:
-    raise ValueError(f"the teacher needs at least 2 scenes (training and held-out), got "
-                     f"{len(scenes)}; generate more with a larger teacher_fraction")
-  order = np.random.default_rng(seed).permutation(len(scenes))
-  count = min(len(scenes) - 1, max(1, int(round(holdout_fraction * len(scenes)))))
-  held_out = sorted(scenes[i] for i in order[:count])
-  return [s for s in scenes if s not in held_out], held_out
-
-
-def _read_list(path: str) -> list[str]:
-  with open(path) as f:
-    return [line.strip() for line in f if line.strip()]
-
-
-def teacher_export(manual_dir: str, data_dir: str, holdout_fraction: float,
-                   seed: int) -> tuple[str, list[str], list[str]]:
-  """Writes the teacher's export (see the module docstring); returns (its path, train, held out).
-
-  Args:
-    manual_dir: a ScanNet-layout export with `scannetv2_teacher.txt` and the label map.
-    data_dir: where the export and its dataset go.
-    holdout_fraction: share of the teacher scenes held out for evaluation.
-    seed: seeds the held-out choice.
-  """
-  manual_dir = os.path.abspath(manual_dir)
-  list_path = os.path.join(manual_dir, TEACHER_LIST)
-  if not os.path.isfile(list_path):
-    raise FileNotFoundError(
-        f"{list_path}: missing; the teacher trains on scenes disjoint from the pretraining "
-        "and fine-tuning ones: generate the rooms with teacher_fraction > 0 "
-        "(python -m datasets.synthetic_rooms.generate --teacher-fraction 0.2)")
-  train, held_out = split_teacher_scenes(_read_list(list_path), holdout_fraction, seed)
-  digest = hashlib.sha1(json.dumps([manual_dir, train, held_out]).encode()).hexdigest()[:10]
-  root = os.path.join(os.path.abspath(data_dir), f"teacher_{digest}")
-  export = os.path.join(root, "export")
-  if not os.path.isfile(os.path.join(export, "scannetv2_val.txt")):
-    shutil.rmtree(export, ignore_errors=True)  # an interrupted earlier attempt
-    os.makedirs(os.path.join(export, "scans"))
-    for scene in train + held_out:
-      os.symlink(os.path.join(manual_dir, "scans", scene), os.path.join(export, "scans", scene))
-    shutil.copy(os.path.join(manual_dir, LABEL_MAP_FILE), export)
-    for name, scenes in (("scannetv2_train.txt", train), ("scannetv2_val.txt", held_out)):
-      with open(os.path.join(export, name), "w") as f:  # the val list last: marks completion
-        f.writelines(s + "\n" for s in scenes)
-  return root, train, held_out
-
-
 def load_teacher_frames(data: ml_collections.ConfigDict) -> dict[str, dict[str, np.ndarray]]:
-  """The teacher's frames and 2D labels, in memory, generating and building as needed.
+  """The teacher's frames and 2D labels, in memory (`p2p_jax.data.teacher_frames.load`).
 
   Args:
-    data: the `data` field of a teacher config.
-
-  Returns:
-    {"train": ..., "holdout": ...}, each {"image" uint8 [F, H, W, 3], "label" int32
-    [F, H, W], "scenes": list of the scene names}.
+    data: the `data` field of a teacher config, prepared by `p2p_jax.data.prepare.teacher`.
   """
-  from datasets.scannet_frames import build_frames, load_frames
-  from datasets.synthetic_rooms import generate
-  generate.generate_if_asked(data.manual_dir, data.synthetic)
-  root, train, held_out = teacher_export(data.manual_dir, data.data_dir, data.holdout_fraction,
-                                         data.holdout_seed)
-  build_frames(os.path.join(root, "export"), os.path.join(root, "tfds"),
-               config=data.frames_config)
-  out = {}
-  for name, split, scenes in (("train", "train", train), ("holdout", "val", held_out)):
-    source = load_frames(os.path.join(root, "tfds"), split, config=data.frames_config)
-    examples = [source[i] for i in range(len(source))]
-    if not examples:
-      raise ValueError(f"no frames in the teacher's {name} scenes {scenes}")
-    if any(e["image"].shape != examples[0]["image"].shape for e in examples):
-      raise ValueError("teacher frames must share one resolution")
-    out[name] = {"image": np.stack([e["image"] for e in examples]).astype(np.uint8),
-                 "label": np.stack([e["label"] for e in examples]).astype(np.int32),
-                 "scenes": scenes}
-  return out
+  root, train, held_out = teacher_frames.teacher_split(data.manual_dir, data.data_dir,
+                                                       data.holdout_fraction, data.holdout_seed)
+  return teacher_frames.load(root, data.frames_config, train, held_out)
 
 
 def _nearest_indices(start: int, length: int, size: int) -> np.ndarray:

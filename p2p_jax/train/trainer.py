@@ -34,7 +34,7 @@ import tensorboardX
 import tqdm
 from jax.experimental import multihost_utils
 
-from p2p_jax.data import frame_pairs, pipeline, teacher_cache
+from p2p_jax.data import frame_pairs, pipeline, scannet_frames, teacher_cache
 from p2p_jax.models import convert, pointnet2, projector, resnet, sparse_unet
 from p2p_jax.train import pointcontrast, ppkt
 
@@ -74,13 +74,8 @@ def pair_config(config: ml_collections.ConfigDict) -> pipeline.PairConfig:
 
 
 def load_frames(data: ml_collections.ConfigDict):
-  """The frames source; generates synthetic rooms and builds the dataset when asked."""
-  from datasets.scannet_frames import build_frames
-  from datasets.scannet_frames import load_frames as load
-  from datasets.synthetic_rooms import generate
-  generate.generate_if_asked(data.manual_dir, data.synthetic)
-  build_frames(data.manual_dir, data.data_dir, config=data.frames_config)
-  return load(data.data_dir, data.split, config=data.frames_config)
+  """The frames source of a prepared dataset (`p2p_jax.data.prepare.frames`)."""
+  return scannet_frames.load_frames(data.data_dir, data.split, config=data.frames_config)
 
 
 def load_teacher(config: ml_collections.ConfigDict, image_hw):
@@ -167,17 +162,16 @@ def setup_pointcontrast(config, workdir, source, *, student, tx, schedule, devic
   `setup_ppkt` returns.
   """
   del workdir
-  from datasets.scannet_frames import make_pairs
   c = config.pointcontrast
   overlap = frame_pairs.OverlapConfig(
       voxel_size=c.voxel_size, match_radius_voxels=c.match_radius_voxels,
       min_overlap=c.min_overlap, max_frame_distance=c.max_frame_distance or None)
   d = config.data
   if jax.process_index() == 0:
-    make_pairs.make_pairs(d.data_dir, d.split, d.frames_config, overlap)
+    frame_pairs.mine_pairs(d.data_dir, d.split, d.frames_config, overlap)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("frame pairs computed")
-  pairs = make_pairs.make_pairs(d.data_dir, d.split, d.frames_config, overlap, progress=False)
+  pairs = frame_pairs.mine_pairs(d.data_dir, d.split, d.frames_config, overlap, progress=False)
   matches = frame_pairs.MatchConfig(
       num_points=config.pairs.num_points, num_matches=c.num_matches,
       match_radius=c.voxel_size * c.match_radius_voxels, max_rotation=config.pairs.max_rotation,
@@ -227,11 +221,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   local_devices = jax.local_devices()
   is_lead = jax.process_index() == 0
 
-  # Data: process 0 prepares it; every process then reads its own slice of each batch.
-  if is_lead:
-    load_frames(config.data)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("data prepared")
+  # Data, prepared beforehand (`p2p_jax.data.prepare.frames`); each process reads its own
+  # slice of each batch.
   source = load_frames(config.data)
 
   # Optimiser, then the method's data, model and step.

@@ -9,6 +9,17 @@ import collections
 import logging
 import os
 
+# The dataset both builders read, cited in their `DatasetInfo`.
+SCANNET_CITATION = r"""@inproceedings{dai2017scannet,
+  title     = {{ScanNet}: Richly-annotated {3D} Reconstructions of Indoor Scenes},
+  author    = {Dai, Angela and Chang, Angel X. and Savva, Manolis and Halber, Maciej and
+               Funkhouser, Thomas and Nie{\ss}ner, Matthias},
+  booktitle = {Proceedings of the IEEE Conference on Computer Vision and Pattern Recognition
+               (CVPR)},
+  year      = {2017}
+}
+"""
+
 SPLIT_FILES = {"train": "scannetv2_train.txt", "val": "scannetv2_val.txt"}
 
 # Why a scene is skipped by `scannet_scenes` (besides `scannet.MISSING_FILE`).
