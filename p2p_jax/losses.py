@@ -1,7 +1,8 @@
 """Contrastive losses between paired features: PPKT's pixel-to-point InfoNCE and friends.
 
-Pure functions of feature arrays; they import nothing but jax, so other projects can reuse
-them. Each returns per-pair values and takes a `where=` mask; the caller reduces, e.g.
+Pure functions of feature arrays; they import nothing but jax (and `p2p_jax.collectives`,
+itself jax only), so other projects can reuse them. Each returns per-pair values and takes a
+`where=` mask; the caller reduces, e.g.
 
     loss = pixel_to_point_info_nce(point_feats, pixel_feats, where=pair_mask)
     loss = loss.sum() / jnp.maximum(pair_mask.sum(), 1)
@@ -18,6 +19,8 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from p2p_jax.collectives import match_vma
 
 # Logits per row block: 2^21 floats = 8 MiB.
 _BLOCK_ELEMENTS = 1 << 21
@@ -94,8 +97,11 @@ def _nce_rows_bwd(precision, residuals, g):
     keys_grad_t = keys_grad_t + jnp.dot(q_block.T, weights, precision=precision)
     return keys_grad_t, q_grad
 
+  # Under shard_map the carry picks up the axes the blocks vary over (q's, keys' ...); the
+  # initial zeros must vary over them too.
+  init = match_vma(jnp.zeros((channels, keys.shape[0]), q.dtype), q, keys, key_valid, g, lse)
   keys_grad_t, q_grad = lax.scan(
-      block, jnp.zeros((channels, keys.shape[0]), q.dtype),
+      block, init,
       (_split_rows(q, rows, num_blocks), _split_rows(g, rows, num_blocks),
        _split_rows(lse, rows, num_blocks)))
   positive = lax.dynamic_slice_in_dim(keys, offset, num_rows)
@@ -135,7 +141,10 @@ def _gather_keys(keys, key_valid, axis_name):
 
 def _one_way(anchors, positives, where, temperature, axis_name, precision):
   keys, key_valid, offset = _gather_keys(positives, where, axis_name)
-  return _nce_rows(anchors / temperature, keys, offset, where, key_valid, precision)
+  # One type for the custom VJP's inputs and cotangents under shard_map: an invariant input
+  # gets the psum of its varying cotangent through the cast's transpose.
+  q, keys = match_vma((anchors / temperature, keys), anchors, keys, where, key_valid, offset)
+  return _nce_rows(q, keys, offset, where, key_valid, precision)
 
 
 def info_nce(anchors: jax.Array,

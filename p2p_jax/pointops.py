@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from p2p_jax.collectives import match_vma
+
 # Elements of one [B, queries, N] distance chunk: 2^22 floats = 16 MiB stays in cache-sized
 # pieces on CPU and keeps 100k-point clouds far from a 100k x 100k matrix.
 _CHUNK_ELEMENTS = 1 << 22
@@ -138,7 +140,9 @@ def farthest_point_sample(points: jax.Array,
     nxt = jnp.min(jnp.where(dist == top, position, num), axis=-1)
     return idx.at[:, i].set(nxt), dist, nxt
 
-  idx, _, _ = lax.fori_loop(1, num_samples, body, (idx, dist, first))
+  # Under shard_map, a carry made from the mask alone (none given: invariant) must still vary
+  # like the points that the loop body mixes in.
+  idx, _, _ = lax.fori_loop(1, num_samples, body, match_vma((idx, dist, first), points, mask))
   sample_mask = jnp.arange(num_samples)[None, :] < jnp.sum(mask, axis=-1, keepdims=True)
   return jnp.where(sample_mask, idx, idx[:, :1]), sample_mask
 
@@ -284,8 +288,10 @@ def interpolate(target_points: jax.Array,
   """Inverse-distance interpolation from the k nearest sources (PointNet++ feature propagation).
 
   weight_j = 1 / (||t - s_j|| + eps), normalised over the k neighbours, as in the PyTorch
-  PointNet++ implementations. Gradients flow to the features only; neighbours and weights are
-  constants, as in the CUDA operators.
+  PointNet++ versions built on the CUDA three_nn / three_interpolate operators (e.g.
+  Pointnet2_PyTorch, whose three_nn returns Euclidean distances); pure-PyTorch
+  reimplementations weight by 1 / (||t - s_j||^2 + eps) instead. Gradients flow to the
+  features only; neighbours and weights are constants, as in the CUDA operators.
 
   Args:
     target_points: [B, N, 3] where features are wanted.

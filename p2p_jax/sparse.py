@@ -58,6 +58,7 @@ import numpy as np
 from jax import lax
 
 from p2p_jax import geometry
+from p2p_jax.collectives import match_vma
 
 _BIG = np.iinfo(np.int32).max
 
@@ -341,6 +342,16 @@ def _conv_bwd(residuals, g):
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
+def _match_vma(features, kernel, index_map):
+  """(features, kernel) varying over the same shard_map axes, those of either or of the map.
+
+  A kernel passed in replicated (invariant) would otherwise get a per-device (varying)
+  gradient from the custom VJP, which shard_map rejects; through the cast, the per-device
+  gradients are summed over the devices instead.
+  """
+  return match_vma((features, kernel), features, kernel, index_map)
+
+
 def _check_kernel(kernel: jax.Array, num_offsets: int, c_in: int) -> None:
   if kernel.ndim != 3 or kernel.shape[:2] != (num_offsets, c_in):
     raise ValueError(f"kernel must have shape [{num_offsets}, {c_in}, C_out], got {kernel.shape}")
@@ -358,7 +369,8 @@ def conv(features: jax.Array, kmap: KernelMap, kernel: jax.Array) -> jax.Array:
     [M, C_out]; 0 in padding rows.
   """
   _check_kernel(kernel, kmap.neighbours.shape[1], features.shape[1])
-  return _conv(features, kmap.neighbours, kernel.astype(features.dtype))
+  features, kernel = _match_vma(features, kernel.astype(features.dtype), kmap)
+  return _conv(features, kmap.neighbours, kernel)
 
 
 def _gather_children(x: jax.Array, children: jax.Array) -> jax.Array:
@@ -402,7 +414,8 @@ def conv_down(features: jax.Array, smap: StrideMap, kernel: jax.Array) -> jax.Ar
     [M_c, C_out] at the coarse voxels; 0 in padding rows.
   """
   _check_kernel(kernel, 8, features.shape[1])
-  return _conv_down(features, smap.children, smap.child_slot, kernel.astype(features.dtype))
+  features, kernel = _match_vma(features, kernel.astype(features.dtype), smap)
+  return _conv_down(features, smap.children, smap.child_slot, kernel)
 
 
 def _up(x, child_slot, kernel):
@@ -444,4 +457,5 @@ def conv_up(features: jax.Array, smap: StrideMap, kernel: jax.Array) -> jax.Arra
     [M_f, C_out]; 0 in padding rows and at fine voxels whose parent did not fit.
   """
   _check_kernel(kernel, 8, features.shape[1])
-  return _conv_up(features, smap.children, smap.child_slot, kernel.astype(features.dtype))
+  features, kernel = _match_vma(features, kernel.astype(features.dtype), smap)
+  return _conv_up(features, smap.children, smap.child_slot, kernel)

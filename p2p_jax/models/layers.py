@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from p2p_jax.collectives import match_vma
+
 
 def _psum(x, axis_name):
   return x if axis_name is None else lax.psum(x, axis_name)
@@ -97,8 +99,12 @@ def masked_batch_norm(x: jax.Array, mask: jax.Array, scale: jax.Array, bias: jax
   """
   shape = x.shape
   flat = x.reshape(-1, shape[-1])
-  y, mean, var = _bn(flat, jnp.broadcast_to(mask, shape[:-1]).reshape(-1), scale, bias,
-                     epsilon, relu, axis_name)
+  mask = jnp.broadcast_to(mask, shape[:-1]).reshape(-1)
+  # Under shard_map, parameters passed in replicated (invariant) meet a device's rows: cast
+  # them to vary like the rows, so the backward pass's per-device sums match their type and
+  # the cast's transpose adds them up over the devices.
+  flat, scale, bias = match_vma((flat, scale, bias), flat, mask, scale, bias)
+  y, mean, var = _bn(flat, mask, scale, bias, epsilon, relu, axis_name)
   return y.reshape(shape), lax.stop_gradient(mean), lax.stop_gradient(var)
 
 
@@ -135,7 +141,7 @@ class PointwiseDense(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
-    y = _pointwise_matmul(x, kernel)
+    y = _pointwise_matmul(*match_vma((x, kernel), x, kernel))  # see `masked_batch_norm`
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,))
     return y
