@@ -96,6 +96,36 @@ def rotation_about_z(angle: jax.Array) -> jax.Array:
   ], axis=-2)
 
 
+def scaled_rotation_about(rotation: jax.Array, scale: jax.Array,
+                          center: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The 4x4 affine p -> scale R (p - center), and its inverse p' -> R^T p' / scale + center.
+
+  The 3D augmentation of both pretraining data paths: rotation and isotropic scaling about a
+  centre, with the exact inverse that maps augmented points back to world coordinates.
+
+  Args:
+    rotation: [3, 3] R.
+    scale: scalar.
+    center: [3].
+
+  Returns:
+    (forward, inverse), both [4, 4].
+  """
+  # Matrix-vector products written out: exact on TPU, where matmuls default to bfloat16.
+  rotated_center = jnp.sum(rotation * center[None, :], axis=1)
+  forward = rigid_transform(scale * rotation, -scale * rotated_center)
+  inverse = rigid_transform(rotation.T / scale, center)
+  return forward, inverse
+
+
+def horizontal_center(points: jax.Array, mask: jax.Array) -> jax.Array:
+  """[3] mean x, y of the masked points [N, 3], with z = 0: a centre for rotations about
+  gravity that keeps heights. (0, 0, 0) when no point is masked."""
+  count = jnp.maximum(jnp.sum(mask), 1)
+  center_xy = jnp.sum(jnp.where(mask[:, None], points[:, :2], 0.0), axis=0) / count
+  return jnp.concatenate([center_xy, jnp.zeros(1, points.dtype)])
+
+
 def back_project(depth: jax.Array,
                  intrinsics: jax.Array,
                  cam_to_world: jax.Array | None = None,
@@ -251,15 +281,54 @@ class PairSample(NamedTuple):
   pair_mask: jax.Array
 
 
+def sample_indices(key: jax.Array, mask: jax.Array, num: int) -> jax.Array:
+  """`num` indices drawn uniformly without replacement among the True entries of `mask` [M],
+  padded with False entries when it has fewer; `mask[indices]` marks the real draws.
+
+  Random priorities in [0, 1) for True entries, -1 for False ones: the top `num` are the draw.
+  Shapes are static, so this runs under jit and vmap.
+  """
+  score = jnp.where(mask, jax.random.uniform(key, mask.shape), -1.0)
+  _, index = lax.top_k(score, num)
+  return index
+
+
+def sample_pixels(key: jax.Array, valid: jax.Array,
+                  num_points: int) -> tuple[jax.Array, jax.Array]:
+  """Samples N pixels uniformly without replacement among the valid pixels of a frame.
+
+  With fewer than N valid pixels every one is taken and the rest is padding, masked out.
+
+  Args:
+    key: a PRNG key.
+    valid: [H, W] bool, e.g. from `back_project`.
+    num_points: N <= H * W.
+
+  Returns:
+    pixels: [N, 2] int32 (row, col); gather with `gather_pixels`.
+    mask: [N] bool, False for padding.
+  """
+  valid = jnp.asarray(valid)
+  if valid.ndim != 2:
+    raise ValueError(f"valid must have shape [H, W] (vmap for batches), got {valid.shape}")
+  height, width = valid.shape
+  if not 0 < num_points <= height * width:
+    raise ValueError(f"num_points {num_points} must be in [1, H * W = {height * width}]")
+  flat_valid = valid.reshape(-1)
+  flat_index = sample_indices(key, flat_valid, num_points)
+  pixels = jnp.stack([flat_index // width, flat_index % width], axis=-1).astype(jnp.int32)
+  return pixels, flat_valid[flat_index]
+
+
 def sample_pairs(key: jax.Array, valid: jax.Array, num_points: int, num_pairs: int, *,
                  pair_valid: jax.Array | None = None) -> PairSample:
   """Samples N points among the valid pixels of a frame and K pixel-point pairs among them.
 
-  Points are drawn uniformly without replacement among the valid pixels; pairs uniformly
-  without replacement among the sampled points (those whose pixel is also `pair_valid`, e.g.
-  inside a crop), so each pair's point is the back-projection of its pixel. With fewer valid
-  pixels than N (or candidates than K) every one is taken and the rest is padding, masked
-  out. Shapes are static, so this runs under jit and vmap.
+  Points are drawn uniformly without replacement among the valid pixels (`sample_pixels`);
+  pairs uniformly without replacement among the sampled points (those whose pixel is also
+  `pair_valid`, e.g. inside a crop), so each pair's point is the back-projection of its pixel.
+  With fewer valid pixels than N (or candidates than K) every one is taken and the rest is
+  padding, masked out. Shapes are static, so this runs under jit and vmap.
 
   Args:
     key: a PRNG key.
@@ -279,18 +348,11 @@ def sample_pairs(key: jax.Array, valid: jax.Array, num_points: int, num_pairs: i
     raise ValueError(f"need 0 < num_pairs ({num_pairs}) <= num_points ({num_points}) <= "
                      f"H * W ({height * width})")
   point_key, pair_key = jax.random.split(key)
-  flat_valid = valid.reshape(-1)
-  # Random priorities in [0, 1) for valid pixels, -1 for invalid: the top N are a uniform
-  # sample without replacement of the valid pixels, padded with invalid ones.
-  score = jnp.where(flat_valid, jax.random.uniform(point_key, flat_valid.shape), -1.0)
-  _, flat_index = lax.top_k(score, num_points)
-  point_mask = flat_valid[flat_index]
-  point_pixels = jnp.stack([flat_index // width, flat_index % width], axis=-1).astype(jnp.int32)
+  point_pixels, point_mask = sample_pixels(point_key, valid, num_points)
   candidate = point_mask
   if pair_valid is not None:
-    candidate = candidate & jnp.asarray(pair_valid, bool).reshape(-1)[flat_index]
-  pair_score = jnp.where(candidate, jax.random.uniform(pair_key, (num_points,)), -1.0)
-  _, pair_points = lax.top_k(pair_score, num_pairs)
+    candidate = candidate & gather_pixels(jnp.asarray(pair_valid, bool), point_pixels)
+  pair_points = sample_indices(pair_key, candidate, num_pairs)
   return PairSample(
       point_pixels=point_pixels,
       point_mask=point_mask,

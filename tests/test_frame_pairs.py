@@ -10,7 +10,7 @@ import pytest
 from test_pipeline import make_frames
 
 from datasets.scannet_frames import make_pairs as make_pairs_cli
-from p2p_jax.data import frame_pairs, synthetic
+from p2p_jax.data import frame_pairs, frames, pipeline, synthetic
 from p2p_jax.data.scannet_frames import build_frames, load_frames
 
 
@@ -35,6 +35,18 @@ def stored_pairs(data_dir):
   source = load_frames(data_dir, "train", "skip1")
   return source, frame_pairs.load_pairs(frame_pairs.pairs_path(data_dir, "train", "skip1"), source)
 
+
+
+def test_the_configs_share_one_depth_range_and_keep_their_fields_flat():
+  configs = (pipeline.PairConfig, frame_pairs.MatchConfig, frame_pairs.OverlapConfig)
+  for config in configs:
+    assert config().depth_range == frames.DepthRange()
+    custom = config(depth_scale=4000.0, min_depth=0.3, max_depth=5.0)
+    assert custom.depth_range == frames.DepthRange(4000.0, 0.3, 5.0)
+  # Flat in `asdict`, which mined pair files store and are checked against.
+  assert dataclasses.asdict(frame_pairs.OverlapConfig()) == {
+      "voxel_size": 0.05, "match_radius_voxels": 1.5, "min_overlap": 0.3,
+      "max_frame_distance": None, "depth_scale": 1000.0, "min_depth": 0.1, "max_depth": 10.0}
 
 # Independent NumPy references.
 

@@ -241,6 +241,49 @@ def test_sample_pairs_rejects_bad_sizes():
     geometry.sample_pairs(jax.random.key(0), np.ones((4, 4), bool), 17, 4)
 
 
+
+def test_sample_pixels_draws_the_points_of_sample_pairs():
+  # PointContrast draws its points with `sample_pixels`, PPKT through `sample_pairs`: the same
+  # draw for the same key.
+  valid = np.random.default_rng(10).uniform(size=(20, 30)) < 0.3
+  for seed in range(3):
+    key = jax.random.key(seed)
+    sample = geometry.sample_pairs(key, valid, 250, 50)
+    pixels, mask = geometry.sample_pixels(jax.random.split(key)[0], valid, 250)
+    np.testing.assert_array_equal(pixels, sample.point_pixels)
+    np.testing.assert_array_equal(mask, sample.point_mask)
+    assert pixels.dtype == jnp.int32 and int(mask.sum()) == int(valid.sum()) < 250
+  with pytest.raises(ValueError, match="H \\* W"):
+    geometry.sample_pixels(jax.random.key(0), valid, 601)
+
+
+def test_sample_indices_draws_true_entries_without_replacement():
+  mask = np.zeros(40, bool)
+  mask[[3, 7, 8, 20, 31]] = True
+  for seed in range(5):
+    few = np.asarray(geometry.sample_indices(jax.random.key(seed), mask, 3))
+    assert len(set(few)) == 3 and mask[few].all()
+    padded = np.asarray(geometry.sample_indices(jax.random.key(seed), mask, 8))
+    assert len(set(padded)) == 8
+    assert set(padded[mask[padded]]) == set(np.flatnonzero(mask))  # every True one, then pads
+
+
+def test_scaled_rotation_about_and_its_inverse():
+  rng = np.random.default_rng(11)
+  rotation = np.asarray(geometry.rotation_about_z(0.7))
+  center = np.array([1.0, -2.0, 0.0], np.float32)
+  forward, inverse = geometry.scaled_rotation_about(rotation, 1.3, center)
+  forward, inverse = np.asarray(forward, np.float64), np.asarray(inverse, np.float64)
+  np.testing.assert_allclose(forward @ inverse, np.eye(4), atol=1e-6)
+  p = rng.normal(size=(5, 3))
+  np.testing.assert_allclose(p @ forward[:3, :3].T + forward[:3, 3],
+                             1.3 * (p - center) @ rotation.T, atol=1e-5)
+  points = rng.normal(size=(6, 3)).astype(np.float32)
+  mask = np.array([True, True, False, True, False, False])
+  np.testing.assert_allclose(geometry.horizontal_center(points, mask),
+                             [*points[mask, :2].mean(0), 0.0], atol=1e-6)
+  np.testing.assert_array_equal(geometry.horizontal_center(points, np.zeros(6, bool)), 0.0)
+
 def reference_voxelize(points, voxel_size, capacity, mask):
   keep = mask & np.all(np.isfinite(points), -1)
   coords = np.floor(points[keep].astype(np.float64) / voxel_size).astype(np.int64)

@@ -23,6 +23,9 @@ sampled point of view 1 within the radius, and when several points of view 0 sha
 nearest point only the lowest-indexed one keeps it, so no point of view 1 is the positive of
 two anchors (it would otherwise also be its own negative).
 
+The host and device halves mirror `pipeline`'s; the pieces the two share (frame fields, depth
+range, colour lookup, the Grain dataset) are in `frames`.
+
 Arrays of a pair carry a view axis of size 2 after any batch axes: `points [..., 2, N, 3]`,
 `point_mask [..., 2, N]`; `pair_points [..., K, 2]` holds a match's point index in view 0 and
 in view 1, and `pair_mask [..., K]` marks real matches.
@@ -42,16 +45,11 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from p2p_jax import geometry, pointops
-from p2p_jax.data import pipeline, scannet_frames
+from p2p_jax.data import frames, scannet_frames
 
 logger = logging.getLogger(__name__)
-
-# Fields of a frame record that the correspondence pipeline reads.
-FRAME_FIELDS = ("image", "depth", "depth_intrinsics", "color_intrinsics", "color_from_depth",
-                "cam_to_world", "frame")
 
 
 # --------------------------------------------------------------------------------------------
@@ -59,7 +57,7 @@ FRAME_FIELDS = ("image", "depth", "depth_intrinsics", "color_intrinsics", "color
 
 
 @dataclasses.dataclass(frozen=True)
-class OverlapConfig:
+class OverlapConfig(frames.HasDepthRange):
   """PointContrast's rule for keeping a pair of frames.
 
   Attributes:
@@ -70,17 +68,15 @@ class OverlapConfig:
     max_frame_distance: candidates are frames of one scene whose `frame` indices differ by at
       most this (absolute frame numbers, e.g. 100 for four steps of a skip25 export); None
       takes every pair of frames of a scene.
-    depth_scale: raw depth units per metre.
-    min_depth: nearest valid depth in metres.
-    max_depth: farthest valid depth in metres.
+    depth_scale, min_depth, max_depth: the valid depth (`frames.DepthRange`; `depth_range`).
   """
   voxel_size: float = 0.05
   match_radius_voxels: float = 1.5
   min_overlap: float = 0.3
   max_frame_distance: int | None = None
-  depth_scale: float = 1000.0
-  min_depth: float = 0.1
-  max_depth: float = 10.0
+  depth_scale: float = frames.DepthRange.depth_scale
+  min_depth: float = frames.DepthRange.min_depth
+  max_depth: float = frames.DepthRange.max_depth
 
   @property
   def match_radius(self) -> float:
@@ -118,10 +114,9 @@ def frame_cloud(record: dict[str, Any], config: OverlapConfig) -> np.ndarray:
   Returns:
     [V, 3] float64 voxel centroids in world coordinates.
   """
-  points, valid = geometry.back_project(
+  points, valid = config.depth_range.back_project(
       np.asarray(record["depth"]), np.asarray(record["depth_intrinsics"], np.float32),
-      np.asarray(record["cam_to_world"], np.float32), depth_scale=config.depth_scale,
-      min_depth=config.min_depth, max_depth=config.max_depth)
+      np.asarray(record["cam_to_world"], np.float32))
   return voxel_downsample(np.asarray(points)[np.asarray(valid)], config.voxel_size)
 
 
@@ -175,17 +170,18 @@ class FramePairs:
     return len(self.index)
 
 
-def _scene_pairs(frames: list[tuple[int, int, np.ndarray]], config: OverlapConfig):
-  """Candidates of one scene: [(source index a, source index b, overlap)] for a < b."""
+def _scene_pairs(clouds: list[tuple[int, int, np.ndarray]], config: OverlapConfig):
+  """Candidates of one scene, from its (source index, frame, cloud): [(source index a, source
+  index b, overlap)] for a < b."""
   radius = config.match_radius
-  trees = [_kd_tree(cloud) if len(cloud) else None for _, _, cloud in frames]
+  trees = [_kd_tree(cloud) if len(cloud) else None for _, _, cloud in clouds]
   # A box test first: clouds whose bounds are farther apart than the radius cannot overlap.
-  lows = [cloud.min(0) if len(cloud) else None for _, _, cloud in frames]
-  highs = [cloud.max(0) if len(cloud) else None for _, _, cloud in frames]
+  lows = [cloud.min(0) if len(cloud) else None for _, _, cloud in clouds]
+  highs = [cloud.max(0) if len(cloud) else None for _, _, cloud in clouds]
   out = []
-  for a in range(len(frames)):
-    for b in range(a + 1, len(frames)):
-      (ia, fa, ca), (ib, fb, cb) = frames[a], frames[b]
+  for a in range(len(clouds)):
+    for b in range(a + 1, len(clouds)):
+      (ia, fa, ca), (ib, fb, cb) = clouds[a], clouds[b]
       if config.max_frame_distance is not None and abs(fa - fb) > config.max_frame_distance:
         continue
       if trees[a] is None or trees[b] is None or np.any(lows[a] > highs[b] + radius) or np.any(
@@ -219,11 +215,11 @@ def compute_pairs(source: Sequence[dict[str, Any]], config: OverlapConfig = Over
   import tqdm  # offline only
   kept, candidates, finished = [], 0, set()
   paired = np.zeros(len(source), bool)
-  scene, frames = None, []
+  scene, clouds = None, []
 
   def flush():
     nonlocal candidates
-    for a, b, overlap in _scene_pairs(frames, config):
+    for a, b, overlap in _scene_pairs(clouds, config):
       candidates += 1
       if overlap >= config.min_overlap:
         kept.append((a, b, overlap))
@@ -240,8 +236,8 @@ def compute_pairs(source: Sequence[dict[str, Any]], config: OverlapConfig = Over
                          "source must hold each scene's frames contiguously")
       if scene is not None:
         finished.add(scene)
-      scene, frames = name, []
-    frames.append((i, int(record["frame"]), frame_cloud(record, config)))
+      scene, clouds = name, []
+    clouds.append((i, int(record["frame"]), frame_cloud(record, config)))
   flush()
   finished.add(scene)
   kept.sort()
@@ -340,7 +336,7 @@ def mine_pairs(data_dir: str, split: str, config: str = "skip25",
 
 
 @dataclasses.dataclass(frozen=True)
-class MatchConfig:
+class MatchConfig(frames.HasDepthRange):
   """Shapes and augmentations of PointContrast batches.
 
   Attributes:
@@ -352,9 +348,7 @@ class MatchConfig:
     max_rotation: each view is rotated about gravity (z) by an angle uniform in [-max, max].
     full_rotation: additionally rotate each view by a uniformly random 3D rotation.
     scale_range: isotropic scaling of each view, uniform in the range.
-    depth_scale: raw depth units per metre.
-    min_depth: nearest valid depth in metres.
-    max_depth: farthest valid depth in metres.
+    depth_scale, min_depth, max_depth: the valid depth (`frames.DepthRange`; `depth_range`).
     colors: False gives the student no colour: a constant grey (0.5) instead.
   """
   num_points: int = 8192
@@ -363,9 +357,9 @@ class MatchConfig:
   max_rotation: float = math.pi
   full_rotation: bool = False
   scale_range: tuple[float, float] = (0.8, 1.2)
-  depth_scale: float = 1000.0
-  min_depth: float = 0.1
-  max_depth: float = 10.0
+  depth_scale: float = frames.DepthRange.depth_scale
+  min_depth: float = frames.DepthRange.min_depth
+  max_depth: float = frames.DepthRange.max_depth
   colors: bool = True
 
 
@@ -381,7 +375,7 @@ def augment_pair(records: tuple[dict[str, Any], dict[str, Any]], rng: np.random.
   """Host half: stacks a pair's two frames and draws each view's augmentation.
 
   Args:
-    records: two frames of one scene with the `FRAME_FIELDS`.
+    records: two frames of one scene with the `frames.FRAME_FIELDS`.
     rng: the pair's generator; the output is a function of the records and the generator.
     config: the pipeline configuration.
 
@@ -401,6 +395,7 @@ def augment_pair(records: tuple[dict[str, Any], dict[str, Any]], rng: np.random.
                        f"{np.shape(r['image'])} does not match depth {np.shape(r['depth'])}")
   rotations = []
   for _ in records:
+    # float64 NumPy, composed with the optional 3D rotation, rounded to float32 once at the end.
     angle = rng.uniform(-config.max_rotation, config.max_rotation)
     c, s = math.cos(angle), math.sin(angle)
     rotation = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
@@ -411,10 +406,7 @@ def augment_pair(records: tuple[dict[str, Any], dict[str, Any]], rng: np.random.
   return {
       "frame_image": stack("image", np.uint8),
       "depth": stack("depth", np.uint16),
-      "depth_intrinsics": stack("depth_intrinsics", np.float32),
-      "color_intrinsics": stack("color_intrinsics", np.float32),
-      "color_from_depth": stack("color_from_depth", np.float32),
-      "cam_to_world": stack("cam_to_world", np.float32),
+      **{k: stack(k, np.float32) for k in frames.CAMERA_FIELDS},
       "rotation": np.stack(rotations).astype(np.float32),
       "scale": rng.uniform(*config.scale_range, size=2).astype(np.float32),
       "frame": stack("frame", np.int32),
@@ -422,47 +414,16 @@ def augment_pair(records: tuple[dict[str, Any], dict[str, Any]], rng: np.random.
   }
 
 
-def _sample_points(key, valid, num_points):
-  """N uniform random valid pixels without replacement (padded with invalid ones), as
-  `geometry.sample_pairs` draws its points."""
-  width = valid.shape[1]
-  flat_valid = valid.reshape(-1)
-  score = jnp.where(flat_valid, jax.random.uniform(key, flat_valid.shape), -1.0)
-  _, flat_index = lax.top_k(score, num_points)
-  pixels = jnp.stack([flat_index // width, flat_index % width], axis=-1).astype(jnp.int32)
-  return pixels, flat_valid[flat_index]
-
-
 def _view(frame, key, config):
   """One view: N sampled points in world coordinates, their mask and colours."""
-  height, width = frame["depth"].shape
-  if not 0 < config.num_points <= height * width:
-    raise ValueError(f"num_points {config.num_points} must be in [1, H * W = {height * width}]")
-  cam_points, valid = geometry.back_project(
-      frame["depth"], frame["depth_intrinsics"], depth_scale=config.depth_scale,
-      min_depth=config.min_depth, max_depth=config.max_depth)
-  pixels, mask = _sample_points(key, valid, config.num_points)
+  cam_points, valid = config.depth_range.back_project(frame["depth"], frame["depth_intrinsics"])
+  pixels, mask = geometry.sample_pixels(key, valid, config.num_points)
   cam_points = geometry.gather_pixels(cam_points, pixels)
   points = geometry.transform_points(frame["cam_to_world"], cam_points)
   # A point's colour is read where it appears in the colour camera (as in `pipeline`).
-  color_pixels, _, _ = geometry.project(
-      geometry.transform_points(frame["color_from_depth"], cam_points),
-      frame["color_intrinsics"], None, (height, width))
-  color_at = jnp.clip(jnp.round(color_pixels), 0,
-                      jnp.array([height - 1, width - 1])).astype(jnp.int32)
-  colors = geometry.gather_pixels(frame["frame_image"], color_at).astype(jnp.float32) / 255.0
-  if not config.colors:
-    colors = jnp.full_like(colors, 0.5)
+  color_pixels, _ = frames.color_pixels(frame, cam_points)
+  colors = frames.point_colors(frame["frame_image"], color_pixels, config.colors)
   return (jnp.where(mask[:, None], points, 0.0), mask, jnp.where(mask[:, None], colors, 0.0))
-
-
-def _augmentation(rotation, scale, center):
-  """The 4x4 affine p -> scale R (p - center), and its inverse p' -> R^T p' / scale + center."""
-  # Matrix-vector products written out: exact on TPU, where matmuls default to bfloat16.
-  rotated_center = jnp.sum(rotation * center[None, :], axis=1)
-  forward = geometry.rigid_transform(scale * rotation, -scale * rotated_center)
-  inverse = geometry.rigid_transform(rotation.T / scale, center)
-  return forward, inverse
 
 
 def _match(points_a, mask_a, points_b, mask_b, radius):
@@ -489,16 +450,14 @@ def _matches_one(pair: dict[str, jax.Array], config: MatchConfig) -> dict[str, j
   points_a, mask_a, colors_a = view(0, key_a)
   points_b, mask_b, colors_b = view(1, key_b)
   nearest, matched = _match(points_a, mask_a, points_b, mask_b, config.match_radius)
-  score = jnp.where(matched, jax.random.uniform(key_match, matched.shape), -1.0)
-  _, chosen = lax.top_k(score, config.num_matches)
+  chosen = geometry.sample_indices(key_match, matched, config.num_matches)
   pair_points = jnp.stack([chosen, nearest[chosen]], axis=-1).astype(jnp.int32)
 
   points, forwards, inverses = [], [], []
   for v, (p, m) in enumerate(((points_a, mask_a), (points_b, mask_b))):
     # About the view's horizontal centre, so a z-only rotation keeps heights.
-    center_xy = jnp.sum(jnp.where(m[:, None], p[:, :2], 0.0), axis=0) / jnp.maximum(m.sum(), 1)
-    center = jnp.concatenate([center_xy, jnp.zeros(1, p.dtype)])
-    forward, inverse = _augmentation(pair["rotation"][v], pair["scale"][v], center)
+    forward, inverse = geometry.scaled_rotation_about(pair["rotation"][v], pair["scale"][v],
+                                                      geometry.horizontal_center(p, m))
     points.append(jnp.where(m[:, None], geometry.transform_points(forward, p), 0.0))
     forwards.append(forward)
     inverses.append(inverse)
@@ -530,9 +489,9 @@ def make_matches(batch: dict[str, jax.Array], config: MatchConfig) -> dict[str, 
   if config.num_matches > config.num_points:
     raise ValueError(f"num_matches ({config.num_matches}) must be <= num_points "
                      f"({config.num_points})")
-  fn = pipeline.vmap_leading(functools.partial(_matches_one, config=config),
-                             batch["depth"].ndim - 3)
-  return fn({k: batch[k] for k in FRAME_FIELDS[1:-1] + (
+  fn = frames.vmap_leading(functools.partial(_matches_one, config=config),
+                           batch["depth"].ndim - 3)
+  return fn({k: batch[k] for k in frames.GEOMETRY_FIELDS + (
       "frame_image", "rotation", "scale", "seed")})
 
 
@@ -566,13 +525,12 @@ def pointcontrast_dataset(source: Sequence[dict[str, Any]],
   """Host half as a Grain dataset of this process's batches [num_devices, per_device_batch, 2,
   ...].
 
-  Mirrors `pipeline.pretrain_dataset`, with frame pairs in place of frames. Deterministic and
-  independent of how the devices are spread over processes: the pairs are shuffled (reshuffled
-  every epoch) into one global order, global batch i is the pairs [i G, (i + 1) G) of it with
-  G = num_devices x per_device_batch x process_count, and process p reads and augments only
-  its slice [p L, (p + 1) L) of each (L = G / process_count). Every pair's augmentation is
-  drawn from a generator seeded by (seed, global position), so a resumed run that restarts at
-  batch i sees the same data.
+  `pipeline.pretrain_dataset` with frame pairs in place of frames: the same Grain dataset
+  (`frames.batched_dataset`), deterministic and independent of how the devices are spread over
+  processes. The pairs are reshuffled every epoch into one global order, process p reads and
+  augments only its slice of each global batch, and every pair's augmentation is drawn from a
+  generator seeded by (seed, global position), so a resumed run that restarts at batch i sees
+  the same data.
 
   Args:
     source: random-access frames, e.g. `load_frames(...)` of scannet_frames.
@@ -596,18 +554,9 @@ def pointcontrast_dataset(source: Sequence[dict[str, Any]],
                        f"{len(source)}")
     pairs = pairs.index
   pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
-  process_index = jax.process_index() if process_index is None else process_index
-  process_count = jax.process_count() if process_count is None else process_count
-  local = num_devices * per_device_batch
-  ds = grain.MapDataset.source(list(pairs))
-  if len(ds) < local * process_count:
-    raise ValueError(f"the pair list holds {len(ds)} frame pairs, fewer than one global batch "
-                     f"of {process_count} processes x {num_devices} devices x {per_device_batch}")
-  if shuffle:
-    ds = ds.shuffle(seed=seed)
-  ds = ds.repeat(num_epochs)
-  ds = ds.map(_ReadPair(source))
-  ds = ds.random_map(functools.partial(augment_pair, config=config), seed=seed)
-  return pipeline.process_batches(ds, num_devices=num_devices,
-                                  per_device_batch=per_device_batch,
-                                  process_index=process_index, process_count=process_count)
+  return frames.batched_dataset(
+      grain.MapDataset.source(list(pairs)), functools.partial(augment_pair, config=config),
+      read=_ReadPair(source), seed=seed, num_devices=num_devices,
+      per_device_batch=per_device_batch, num_epochs=num_epochs, shuffle=shuffle,
+      process_index=process_index, process_count=process_count,
+      holds=("the pair list", "frame pairs"))

@@ -13,6 +13,9 @@ Two halves, so that the heavy geometry runs where the model runs:
     jitter). It is jittable and vmapped over the batch: call it inside the pmapped training
     step, or on the host through `make_pairs_jit`.
 
+PointContrast's data path (`frame_pairs`) reads the same frames; the pieces the two share
+(frame fields, depth range, colour lookup, the Grain dataset) are in `frames`.
+
 Pairs stay exact under augmentation: a pair's pixel is the projection of its own point into
 the augmented image (rounded to the nearest pixel, so within 0.5 px), pairs whose pixel leaves
 the crop are never drawn, and 3D transforms act on points, not on the index that pairs them.
@@ -35,14 +38,11 @@ import numpy as np
 from PIL import Image
 
 from p2p_jax import geometry
-
-# Fields of a frame record that the pipeline reads (the `scannet_frames` feature names).
-FRAME_FIELDS = ("image", "depth", "depth_intrinsics", "color_intrinsics", "color_from_depth",
-                "cam_to_world", "frame")
+from p2p_jax.data import frames
 
 
 @dataclasses.dataclass(frozen=True)
-class PairConfig:
+class PairConfig(frames.HasDepthRange):
   """Shapes and augmentations of pretraining batches.
 
   Attributes:
@@ -60,9 +60,7 @@ class PairConfig:
     scale_range: isotropic scaling of the points, uniform in the range.
     jitter_sigma: standard deviation of Gaussian point jitter, in metres.
     jitter_clip: jitter is clipped to [-clip, clip].
-    depth_scale: raw depth units per metre.
-    min_depth: nearest valid depth in metres.
-    max_depth: farthest valid depth in metres.
+    depth_scale, min_depth, max_depth: the valid depth (`frames.DepthRange`; `depth_range`).
     colors: False gives the student no colour: every point's colour input is a constant grey
       (0.5), so it learns from geometry alone.
   """
@@ -77,9 +75,9 @@ class PairConfig:
   scale_range: tuple[float, float] = (0.9, 1.1)
   jitter_sigma: float = 0.005
   jitter_clip: float = 0.02
-  depth_scale: float = 1000.0
-  min_depth: float = 0.1
-  max_depth: float = 10.0
+  depth_scale: float = frames.DepthRange.depth_scale
+  min_depth: float = frames.DepthRange.min_depth
+  max_depth: float = frames.DepthRange.max_depth
   colors: bool = True
 
 
@@ -128,8 +126,8 @@ def augment_frame(record: dict[str, Any], rng: np.random.Generator, config: Pair
   """Host half: draws a frame's augmentation and makes the teacher's image.
 
   Args:
-    record: a frame with the `FRAME_FIELDS` (the `scannet_frames` features), and its source
-      "index" when `config.views_per_frame` > 0.
+    record: a frame with the `frames.FRAME_FIELDS` (the `scannet_frames` features), and its
+      source "index" when `config.views_per_frame` > 0.
     rng: the frame's generator; the output is a function of the record and the generator.
     config: the pipeline configuration.
     seed: the run's seed, which fixes the views when `config.views_per_frame` > 0.
@@ -165,10 +163,7 @@ def augment_frame(record: dict[str, Any], rng: np.random.Generator, config: Pair
       **teacher,
       "frame_image": image,
       "depth": depth.astype(np.uint16),
-      "depth_intrinsics": np.asarray(record["depth_intrinsics"], np.float32),
-      "color_intrinsics": np.asarray(record["color_intrinsics"], np.float32),
-      "color_from_depth": np.asarray(record["color_from_depth"], np.float32),
-      "cam_to_world": np.asarray(record["cam_to_world"], np.float32),
+      **{k: np.asarray(record[k], np.float32) for k in frames.CAMERA_FIELDS},
       "crop": np.array(crop, np.int32),
       "flip": np.array(flip),
       "rotation": np.float32(rng.uniform(-config.max_rotation, config.max_rotation)),
@@ -189,25 +184,10 @@ def frame_to_image_pixels(pixels: jax.Array, crop: jax.Array, flip: jax.Array,
   return jnp.stack([row, col], axis=-1)
 
 
-def _augmentation(rotation, scale, center):
-  """The 4x4 affine p -> scale R_z(rotation) (p - center), and its inverse."""
-  rot = geometry.rotation_about_z(rotation)
-  # Matrix-vector products written out: exact on TPU, where matmuls default to bfloat16.
-  rotated_center = jnp.sum(rot * center[None, :], axis=1)
-  forward = geometry.rigid_transform(scale * rot, -scale * rotated_center)
-  inverse = geometry.rigid_transform(rot.T / scale, center)
-  return forward, inverse
-
-
 def _pairs_one(frame: dict[str, jax.Array], config: PairConfig) -> dict[str, jax.Array]:
-  height, width = frame["depth"].shape
-  cam_points, valid = geometry.back_project(
-      frame["depth"], frame["depth_intrinsics"], depth_scale=config.depth_scale,
-      min_depth=config.min_depth, max_depth=config.max_depth)
+  cam_points, valid = config.depth_range.back_project(frame["depth"], frame["depth_intrinsics"])
   # Where each depth pixel's point appears in the colour image, then in the teacher's image.
-  color_pixels, _, visible = geometry.project(
-      geometry.transform_points(frame["color_from_depth"], cam_points),
-      frame["color_intrinsics"], None, (height, width))
+  color_pixels, visible = frames.color_pixels(frame, cam_points)
   image_pixels = jnp.round(frame_to_image_pixels(color_pixels, frame["crop"], frame["flip"],
                                                  config.image_hw)).astype(jnp.int32)
   in_image = (visible & (image_pixels[..., 0] >= 0) & (image_pixels[..., 0] < config.image_hw[0])
@@ -218,18 +198,15 @@ def _pairs_one(frame: dict[str, jax.Array], config: PairConfig) -> dict[str, jax
                                  pair_valid=in_image)
   world = geometry.transform_points(frame["cam_to_world"], cam_points)
   points = geometry.gather_pixels(world, sample.point_pixels)
-  colour_at = jnp.clip(jnp.round(geometry.gather_pixels(color_pixels, sample.point_pixels)),
-                       0, jnp.array([height - 1, width - 1])).astype(jnp.int32)
-  colors = geometry.gather_pixels(frame["frame_image"], colour_at).astype(jnp.float32) / 255.0
-  if not config.colors:
-    colors = jnp.full_like(colors, 0.5)
+  colors = frames.point_colors(frame["frame_image"],
+                               geometry.gather_pixels(color_pixels, sample.point_pixels),
+                               config.colors)
 
   # 3D augmentation about the cloud's horizontal centre; gravity (z) is kept.
   mask = sample.point_mask
-  count = jnp.maximum(jnp.sum(mask), 1)
-  center_xy = jnp.sum(jnp.where(mask[:, None], points[:, :2], 0.0), axis=0) / count
-  center = jnp.concatenate([center_xy, jnp.zeros(1)])
-  augment, world_from_points = _augmentation(frame["rotation"], frame["scale"], center)
+  augment, world_from_points = geometry.scaled_rotation_about(
+      geometry.rotation_about_z(frame["rotation"]), frame["scale"],
+      geometry.horizontal_center(points, mask))
   jitter = jnp.clip(config.jitter_sigma * jax.random.normal(jitter_key, points.shape),
                     -config.jitter_clip, config.jitter_clip)
   points = jnp.where(mask[:, None], geometry.transform_points(augment, points) + jitter, 0.0)
@@ -259,8 +236,9 @@ def make_pairs(batch: dict[str, jax.Array], config: PairConfig) -> dict[str, jax
     (row, col) in "image", "pair_points" int32 [K] into the points, "pair_mask" [K], and
     "world_from_points" float32 [4, 4], the inverse of the rotation, scaling and centring.
   """
-  fn = vmap_leading(functools.partial(_pairs_one, config=config), batch["depth"].ndim - 2)
-  out = fn({k: batch[k] for k in FRAME_FIELDS[1:-1] + (
+  fn = frames.vmap_leading(functools.partial(_pairs_one, config=config),
+                           batch["depth"].ndim - 2)
+  out = fn({k: batch[k] for k in frames.GEOMETRY_FIELDS + (
       "frame_image", "crop", "flip", "rotation", "scale", "seed")})
   return {"image": batch["image"], **out} if "image" in batch else out
 
@@ -269,33 +247,6 @@ def make_pairs(batch: dict[str, jax.Array], config: PairConfig) -> dict[str, jax
 def make_pairs_jit(batch: dict[str, jax.Array], config: PairConfig) -> dict[str, jax.Array]:
   """`make_pairs` compiled, for use on the host CPU or outside a training step."""
   return make_pairs(batch, config)
-
-
-def vmap_leading(fn, lead: int):
-  """`fn` vmapped over `lead` leading axes of every argument."""
-  for _ in range(lead):
-    fn = jax.vmap(fn)
-  return fn
-
-
-def _stack(records: Sequence[dict[str, np.ndarray]], lead: tuple[int, ...]):
-  return {k: np.stack([r[k] for r in records]).reshape(lead + np.shape(records[0][k]))
-          for k in records[0]}
-
-
-def process_batches(ds: grain.MapDataset, *, num_devices: int, per_device_batch: int,
-                    process_index: int, process_count: int) -> grain.MapDataset:
-  """This process's slices [num_devices, per_device_batch, ...] of the global batches of `ds`.
-
-  Global batch i is the elements [i G, (i + 1) G) of `ds` (G = num_devices x per_device_batch
-  x process_count), and process p takes [p L, (p + 1) L) of it (L = G / process_count). Lazy:
-  batching and slicing only decide which elements a process reads, so each process reads and
-  augments just its own slice.
-  """
-  lead = (num_devices, per_device_batch)
-  ds = ds.batch(num_devices * per_device_batch, drop_remainder=True,
-                batch_fn=lambda records: _stack(records, lead))
-  return ds[process_index::process_count]
 
 
 def pretrain_dataset(source: Sequence[dict[str, Any]],
@@ -311,13 +262,12 @@ def pretrain_dataset(source: Sequence[dict[str, Any]],
                      cache=None) -> grain.MapDataset:
   """Host half as a Grain dataset of this process's batches [num_devices, per_device_batch, ...].
 
-  Deterministic and independent of how the devices are spread over processes: the frames are
-  shuffled (reshuffled every epoch) into one global order, global batch i is the frames
-  [i G, (i + 1) G) of it with G = num_devices x per_device_batch x process_count, and process p
-  reads and augments only its slice [p L, (p + 1) L) of each (L = G / process_count). Every
-  frame's augmentation is drawn from a generator seeded by (seed, global position), so a
-  resumed run that restarts at batch i sees the same data, and 2 processes of 2 devices train
-  on exactly the batches of 1 process of 4 devices.
+  Deterministic and independent of how the devices are spread over processes
+  (`frames.batched_dataset`): the frames are reshuffled every epoch into one global order,
+  process p reads and augments only its slice of each global batch, and every frame's
+  augmentation is drawn from a generator seeded by (seed, global position). So a resumed run
+  that restarts at batch i sees the same data, and 2 processes of 2 devices train on exactly
+  the batches of 1 process of 4 devices.
 
   Args:
     source: random-access frames, e.g. `tfds.data_source(...)` of scannet_frames.
@@ -335,22 +285,14 @@ def pretrain_dataset(source: Sequence[dict[str, Any]],
   Returns:
     A `grain.MapDataset`; index it (`ds[i]`) for random access, or iterate with `prefetch`.
   """
-  process_index = jax.process_index() if process_index is None else process_index
-  process_count = jax.process_count() if process_count is None else process_count
-  local = num_devices * per_device_batch
   # Grain passes later epochs' positions here: the source index is the position mod its size.
   ds = grain.MapDataset.source(source).map_with_index(
       lambda i, r: {**r, "index": i % len(source)})
-  if len(ds) < local * process_count:
-    raise ValueError(f"the source holds {len(ds)} frames, fewer than one global batch of "
-                     f"{process_count} processes x {num_devices} devices x {per_device_batch}")
-  if shuffle:
-    ds = ds.shuffle(seed=seed)
-  ds = ds.repeat(num_epochs)
-  ds = ds.random_map(functools.partial(augment_frame, config=config, seed=seed, cache=cache),
-                     seed=seed)
-  return process_batches(ds, num_devices=num_devices, per_device_batch=per_device_batch,
-                         process_index=process_index, process_count=process_count)
+  return frames.batched_dataset(
+      ds, functools.partial(augment_frame, config=config, seed=seed, cache=cache), seed=seed,
+      num_devices=num_devices, per_device_batch=per_device_batch, num_epochs=num_epochs,
+      shuffle=shuffle, process_index=process_index, process_count=process_count,
+      holds=("the source", "frames"))
 
 
 def prefetch(dataset: grain.MapDataset, *, start: int = 0, num_threads: int = 2,

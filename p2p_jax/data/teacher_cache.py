@@ -1,11 +1,11 @@
-"""A cache of the frozen teacher's features (layer4, or the layer the UPL reads), computed
-once and read every epoch.
+"""A cache of the frozen teacher's features at the configured layer (layer4, or the layer the
+UPL reads), computed once and read every epoch.
 
 The teacher never changes during pretraining, so its features of an image need computing only
 once. What it sees is the augmented frame (crop, resize, flip), so only a fixed set of views
 can be cached: with `PairConfig.views_per_frame = V`, each frame has V views drawn once from
 (seed, frame index, view) (`pipeline.frame_view`), and every use of the frame picks one of
-them. A cache holds the layer4 features of all V views of every frame, as float16; with it
+them. A cache holds the teacher's features of all V views of every frame, as float16; with it
 the training step skips the teacher, and its result equals the uncached run with the same
 views up to float16 rounding of the features (tested). Fresh random crops every epoch
 (`views_per_frame = 0`) cannot be cached.
@@ -96,7 +96,8 @@ def teacher_features(teacher: resnet.ResNet, variables: Any,
 
 
 def build_cache(directory: str, source: Sequence[dict[str, Any]],
-                layer4: Callable[[np.ndarray], jax.Array], config: pipeline.PairConfig, *,
+                teacher_features: Callable[[np.ndarray], jax.Array],
+                config: pipeline.PairConfig, *,
                 seed: int, metadata: dict[str, Any], batch_size: int = 8,
                 progress: bool = True) -> TeacherCache:
   """Computes the teacher's features of every view of every frame and writes the cache.
@@ -107,7 +108,8 @@ def build_cache(directory: str, source: Sequence[dict[str, Any]],
   Args:
     directory: where the cache goes (created).
     source: the random-access frames the pretraining reads, in the same order.
-    layer4: uint8 images [B, h, w, 3] -> features, e.g. `teacher_features(...)`.
+    teacher_features: uint8 images [B, h, w, 3] -> the teacher's features at the configured
+      layer [B, h', w', C], e.g. the module's `teacher_features(teacher, variables, layer)`.
     config: the pipeline configuration; `views_per_frame` must be > 0.
     seed: the pretraining seed, which fixes the views.
     metadata: `cache_metadata(...)` of these settings.
@@ -139,8 +141,8 @@ def build_cache(directory: str, source: Sequence[dict[str, Any]],
         crop, flip = pipeline.frame_view(index, view, seed, record[1].shape[:2], config)
         images.append(pipeline.teacher_image(record[1], crop, flip, config.image_hw))
       padded = images + [images[-1]] * (batch_size - len(images))  # one compiled shape
-      features = np.asarray(layer4(np.stack(padded)))[:len(images)].astype(np.float16)
-      pending.extend(features)
+      features = np.asarray(teacher_features(np.stack(padded)))
+      pending.extend(features[:len(images)].astype(np.float16))
       while len(pending) >= views:  # a frame's views are consecutive
         frame_features = np.ascontiguousarray(np.stack(pending[:views]), np.float16)
         record_shape = list(frame_features.shape)
