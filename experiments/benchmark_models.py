@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from experiments.benchmarking import matmul_peak_gflops, median_ms, print_table
-from p2p_jax.models import pointnet2, projector, resnet
+from p2p_jax.models import pointnet2, projector, resnet, student
 
 
 def random_variables(init, seed=0):
@@ -47,7 +47,7 @@ def pointnet_step(repeats, rows):
   points = (rng.uniform(size=(4, 4096, 3)) * [6.0, 5.0, 3.0]).astype(np.float32)
   feats = rng.uniform(size=(4, 4096, 9)).astype(np.float32)
   labels = rng.integers(0, 13, size=(4, 4096))
-  model = pointnet2.PointModel(pointnet2.PointNet2Seg(), pointnet2.SegmentationHead(13))
+  model = student.PointModel(pointnet2.PointNet2Seg(), student.SegmentationHead(13))
   variables = jax.jit(model.init)(jax.random.key(0), points, feats)
   tx = optax.sgd(0.1, momentum=0.9)
 

@@ -5,7 +5,7 @@
 One device, batch 8 frames of 240x320 from synthetic rooms, N = 8192 points per frame and
 K = 4096 pairs per batch (512 per frame, as PPKT draws 4096 pairs over the whole batch),
 the classic PointNet++ student with a 128-d head, the UPL on a frozen
-ResNet teacher: the pmapped step of `p2p_jax.train.ppkt` (pair sampling, teacher forward,
+ResNet teacher: the pmapped step of `p2p_jax.methods.ppkt` (pair sampling, teacher forward,
 student and UPL forward and backward, SGD update). Prints compile time, step time, frames/s
 and pairs/s, and XLA's FLOP count of the step against the measured float32 matmul peak
 (XLA counts a loop body once, so the FPS loops are undercounted; they are a small share).
@@ -25,8 +25,10 @@ import numpy as np
 from experiments.benchmarking import matmul_peak_gflops, print_table
 from p2p_jax.data import pipeline, synthetic, teacher_cache
 from p2p_jax.data.scannet_frames import build_frames, load_frames
-from p2p_jax.models import pointnet2, projector, resnet
-from p2p_jax.train import ppkt
+from p2p_jax.methods import ppkt
+from p2p_jax.models import pointnet2, projector, resnet, student
+from p2p_jax.train import contrastive, parallel
+from p2p_jax.train import state as state_lib
 
 
 def main(argv=None):
@@ -62,21 +64,22 @@ def main(argv=None):
 
   model = ppkt.PPKTModel(
       projector=projector.UpsamplingProjector(features=128),
-      student=pointnet2.PointModel(pointnet2.PointNet2Seg(bn_axis_name=ppkt.AXIS),
-                                   pointnet2.ProjectionHead(128)))
-  schedule = ppkt.make_schedule(0.5, 1000)
-  tx = ppkt.make_optimizer("sgd", learning_rate=0.5, weight_decay=1e-4, total_steps=1000)
+      student=student.PointModel(pointnet2.PointNet2Seg(bn_axis_name=parallel.AXIS),
+                                 student.ProjectionHead(128)))
+  optimizer = state_lib.OptimizerConfig("sgd", learning_rate=0.5, weight_decay=1e-4,
+                                        total_steps=1000)
+  schedule, tx = state_lib.make_schedule(optimizer), state_lib.make_optimizer(optimizer)
   example = jax.tree.map(lambda x: x[0], pipeline.make_pairs_jit(host["images"][0], pairs))
   layer4, _ = jax.jit(teacher.apply)(teacher_vars, resnet.preprocess(example["image"]))
   init_state = jax.jit(lambda k: ppkt.init_state(model, tx, k, layer4, example))
-  step = ppkt.make_train_step(devices=devices, model=model, teacher=teacher, tx=tx,
-                              pair_config=pairs, loss_config=ppkt.LossConfig(),
-                              schedule=schedule)
+  step = contrastive.pmap_step(ppkt.train_step, devices, model=model, teacher=teacher, tx=tx,
+                               pair_config=pairs, loss_config=ppkt.LossConfig(),
+                               schedule=schedule)
   peak = matmul_peak_gflops(10)
   rows = [("matmul 2048^3 float32 (peak)", "", f"{peak:6.1f} GFLOP/s")]
-  for name, variables in (("images", ppkt.replicate(teacher_vars, devices)), ("cache", {})):
+  for name, variables in (("images", parallel.replicate(teacher_vars, devices)), ("cache", {})):
     batches = host[name]
-    state = ppkt.replicate(init_state(jax.random.key(1)), devices)
+    state = parallel.replicate(init_state(jax.random.key(1)), devices)
     start = time.perf_counter()
     compiled = step.lower(state, variables, batches[0]).compile()
     compile_s = time.perf_counter() - start

@@ -1,7 +1,7 @@
 """The main job: teacher -> PPKT and PointContrast pretraining -> label-efficient segmentation.
 
-    python -m experiments.demo [--config experiments/configs/demo.py[:runlocal]] \
-        [--workdir work_dirs/demo] [--results results]
+    python -m experiments.demo [--config experiments/configs/demo.py[:runlocal|:full]] \
+        [--workdir work_dirs/demo] [--results results] [--config.world.seed=1 ...]
 
 Stages (see experiments/configs/demo.py for the sizes), each resumed where it stopped when the
 job is interrupted and started again with the same work dir:
@@ -18,26 +18,24 @@ job is interrupted and started again with the same work dir:
 Finished runs keep their `results.json`; pretraining resumes from its Orbax checkpoints.
 """
 
-import argparse
 import json
 import os
-import sys
 import time
 from typing import Any
 
 import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
 
 from experiments.configs import demo as demo_config
 from p2p_jax.data import prepare, synthetic
-from p2p_jax.train import finetune, teacher, trainer
+from p2p_jax.train import config as config_lib
+from p2p_jax.train import finetune, pretrain, teacher
 
-
-def _load_config(spec: str) -> ml_collections.ConfigDict:
-  path, _, arg = spec.partition(":")
-  name = os.path.splitext(os.path.basename(path))[0]
-  if name != "demo":
-    raise ValueError(f"--config {spec}: expected experiments/configs/demo.py[:arg]")
-  return demo_config.get_config(arg or None)
+_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/demo.py",
+                                          "the study's config file[:arg]", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", "work_dirs/demo", "work dir of every stage")
+_RESULTS = flags.DEFINE_string("results", "results", "where the report goes")
 
 
 def stage_configs(c: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -59,7 +57,7 @@ def stage_configs(c: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   f.data.synthetic.scenes = 0
   out["finetune"] = f
   for name, template in demo_config.templates().items():
-    trainer.check_config(out[name], template)
+    config_lib.check_config(out[name], template)
   return out
 
 
@@ -71,7 +69,7 @@ def make_world(c: ml_collections.ConfigDict, configs: dict[str, Any], workdir: s
   prepare.teacher(configs["teacher"].data)
   for method in ("ppkt", "pointcontrast"):
     if method in c.study.inits:
-      prepare.frames(configs[method].data)
+      prepare.frames(configs[method].data)  # the method's own preparation runs with it
   prepare.scenes(configs["finetune"].data)
 
 
@@ -84,6 +82,11 @@ def _generate(c: ml_collections.ConfigDict, workdir: str, done: str) -> None:
                              overwrite=True, progress=True)
   with open(done, "w") as f:
     json.dump({**w.to_dict(), **stats}, f)
+
+
+def _pretrain(config: ml_collections.ConfigDict, workdir: str, template) -> dict[str, Any]:
+  pretrain.prepare(config, workdir)
+  return pretrain.train(config, workdir, template=template)
 
 
 def _run_json(path: str, fn):
@@ -141,14 +144,13 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
   return {k: result[k] for k in keep if k in result}
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--config", default="experiments/configs/demo.py")
-  parser.add_argument("--workdir", default="work_dirs/demo")
-  parser.add_argument("--results", default="results")
-  args = parser.parse_args(argv)
-  c = _load_config(args.config)
-  workdir = os.path.abspath(args.workdir)
+def run(c: ml_collections.ConfigDict, workdir: str, results_dir: str) -> None:
+  """Runs (or resumes) every stage of the study `c` in `workdir`; the report goes to
+  `results_dir`."""
+  config_lib.check_config(c, demo_config.get_config())
+  c = ml_collections.ConfigDict(c.to_dict())
+  demo_config.share(c)  # overrides of shared keys reach every stage
+  workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   configs = stage_configs(c, workdir)
   # Seconds each stage took, summed over the sessions it ran in (a resumed job adds to it).
@@ -180,19 +182,23 @@ def main(argv=None) -> int:
       out = os.path.join(workdir, method)
       pretrained[method] = timed(method, lambda m=method, o=out: _run_json(
           os.path.join(o, "summary.json"),
-          lambda: trainer.train(configs[m], o, template=demo_config.templates()[m])))
+          lambda: _pretrain(configs[m], o, demo_config.templates()[m])))
   checkpoints = {"scratch": "", "ppkt": os.path.join(workdir, "ppkt"),
                  "pointcontrast": os.path.join(workdir, "pointcontrast")}
   results = timed("finetune", lambda: run_study(c, configs, workdir, checkpoints))
 
   from experiments import demo_report
   timed("results", lambda: demo_report.write_results(
-      args.results, c, configs, workdir, results, teacher_result, pretrained, checkpoints,
+      results_dir, c, configs, workdir, results, teacher_result, pretrained, checkpoints,
       timings))
   total = sum(timings.values())
-  print(f"demo finished in {total / 60:.1f} min; results in {os.path.abspath(args.results)}")
-  return 0
+  print(f"demo finished in {total / 60:.1f} min; results in {os.path.abspath(results_dir)}")
+
+
+def main(argv) -> None:
+  del argv
+  run(_CONFIG.value, _WORKDIR.value, _RESULTS.value)
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  app.run(main)

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from p2p_jax import checkpoints as checkpoints_lib
 from p2p_jax import geometry, viz
 from p2p_jax.data import labels as labels_lib
 from p2p_jax.data import pipeline
@@ -202,7 +203,7 @@ def _backbones(configs, checkpoints, inits):
   for init in inits:
     v = variables
     if checkpoints[init]:
-      v, _ = finetune.load_student_backbone(checkpoints[init], model, variables)
+      v, _ = checkpoints_lib.load_student_backbone(checkpoints[init], model, variables)
     apply = jax.jit(lambda v, p, c, m: model.apply(v, p, c, m, train=False)[1]["features"])
     out[init] = lambda p, c, m, v=v, apply=apply: np.asarray(apply(v, p, c, m))
   return out

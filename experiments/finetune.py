@@ -11,7 +11,7 @@ Writes `results.json` and `metrics.jsonl` to the work dir and prints the per-cla
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments.configs import finetune_synthetic
+from p2p_jax.configs import finetune as schema
 from p2p_jax.data import prepare
 from p2p_jax.train import finetune
 
@@ -26,7 +26,7 @@ def main(argv):
   logging.set_verbosity(logging.INFO)
   prepare.scenes(_CONFIG.value.data)
   results = finetune.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
-                                        template=finetune_synthetic.base())
+                                        template=schema.base())
   print(results["iou_table"])
   print(f"{results['mode']} from {results['init']}, {results['label_fraction']:g} of the labels "
         f"({len(results['labelled_scenes'])} scenes): mIoU {results['miou']:.3f}, mAcc "

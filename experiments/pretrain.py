@@ -1,4 +1,4 @@
-"""PPKT pretraining: a thin main over p2p_jax.train.trainer.
+"""Pretraining (PPKT or PointContrast): a thin main over p2p_jax.train.pretrain.
 
     python -m experiments.pretrain --config experiments/configs/ppkt_synthetic.py:runlocal \
         --workdir /tmp/ppkt [--config.total_steps=100 ...]
@@ -22,9 +22,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments.configs import common
-from p2p_jax.data import prepare
-from p2p_jax.train import trainer
+from p2p_jax.configs import pretrain as schema
+from p2p_jax.train import pretrain
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]",
                                           lock_config=True)
@@ -45,8 +44,8 @@ def main(argv):
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     logging.info("process %d of %d, %d of %d devices local", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
-  prepare.frames(_CONFIG.value.data)
-  last = trainer.train(_CONFIG.value, _WORKDIR.value, template=common.base())
+  pretrain.prepare(_CONFIG.value, _WORKDIR.value)
+  last = pretrain.train(_CONFIG.value, _WORKDIR.value, template=schema.base())
   if last:
     print(f"step {last['step']}: loss {last['loss']:.4f}, pair top-1 {last['pair_accuracy']:.3f}")
     print("final metrics:", json.dumps(last))

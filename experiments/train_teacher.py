@@ -10,7 +10,7 @@ Prints the held-out 2D scores and the checkpoint path to pass as
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments.configs import teacher_synthetic
+from p2p_jax.configs import teacher as schema
 from p2p_jax.data import prepare
 from p2p_jax.train import teacher
 
@@ -24,7 +24,7 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.INFO)
   prepare.teacher(_CONFIG.value.data)
-  results = teacher.train(_CONFIG.value, _WORKDIR.value, template=teacher_synthetic.base())
+  results = teacher.train(_CONFIG.value, _WORKDIR.value, template=schema.base())
   print(results["iou_table"])
   print(f"held-out teacher frames: pixel accuracy {results['pixel_accuracy']:.3f}, "
         f"mIoU {results['miou']:.3f}; loss {results['train_loss'][0]:.3f} -> "

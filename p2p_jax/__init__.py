@@ -5,15 +5,21 @@ Pretraining", arXiv 2104.04687 (2021).
 
 Importing the package does no work and pulls in nothing heavy; import the submodule you need:
 
-    geometry   back-projection, projection, intrinsics updates, rigid transforms, voxelisation
-    pointops   farthest point sampling, kNN, ball query, grouping, interpolation, segment pooling
-    losses     pixel-to-point InfoNCE (PPKT) and PointInfoNCE (PointContrast)
+    geometry     back-projection, projection, intrinsics updates, rigid transforms, voxels
+    pointops     farthest point sampling, kNN, ball query, grouping, interpolation, pooling
+    losses       pixel-to-point InfoNCE (PPKT) and PointInfoNCE (PointContrast)
+    sparse       sparse tensors and sparse convolution
+    checkpoints  `load_student`: a pretrained student from an Orbax checkpoint
+    models, methods, train, data, configs   networks, pretraining methods, training stages,
+                 data and preparation, config schemas (docs/architecture.md)
 
 Legend (one name per idea, used everywhere):
 
-    images        [B, H, W, 3]   RGB
+    image         [B, H, W, 3]   RGB, uint8
     depth         [B, H, W]      raw depth (uint16 millimetres or float), see `depth_scale`
-    intrinsics    [B, 3, 3]      pinhole matrix [[fx, s, cx], [0, fy, cy], [0, 0, 1]]
+    depth_intrinsics, color_intrinsics
+                  [B, 3, 3]      pinhole matrices [[fx, s, cx], [0, fy, cy], [0, 0, 1]]
+    color_from_depth  [B, 4, 4]  rigid transform from the depth to the colour camera
     cam_to_world  [B, 4, 4]      rigid camera-to-world pose (ScanNet `pose/<f>.txt`)
     points        [B, N, 3]      xyz, float32
     point_mask    [B, N]         True for real points, False for padding

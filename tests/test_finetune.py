@@ -7,26 +7,25 @@ import os
 import subprocess
 import sys
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-from flax import traverse_util
+import test_checkpoints
 
 from experiments.configs import finetune_synthetic
-from p2p_jax.models import pointnet2
-from p2p_jax.train import finetune, ppkt, trainer
+from p2p_jax.configs import finetune as finetune_schema
+from p2p_jax.train import finetune
+from p2p_jax.train import state as state_lib
+from p2p_jax.train.config import check_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CROP = finetune.CropConfig(num_points=128, size=1.0)
-OPTIMIZER = finetune.OptimizerConfig(learning_rate=1e-2, total_steps=10)
+OPTIMIZER = state_lib.OptimizerConfig(learning_rate=1e-2, total_steps=10)
 
 
 def test_every_config_builds_and_has_only_known_keys():
   assert "python -m experiments.finetune" in finetune_synthetic.__doc__
   for arg in (None, "runlocal"):
-    trainer.check_config(finetune_synthetic.get_config(arg), finetune_synthetic.base())
+    check_config(finetune_synthetic.get_config(arg), finetune_schema.base())
   with pytest.raises(ValueError, match="unknown config argument"):
     finetune_synthetic.get_config("bogus")
 
@@ -110,69 +109,11 @@ def test_evaluation_cells_cover_every_point_once():
   assert (spread == scene["labels"][members]).mean() > 0.3
 
 
-def save_student(workdir, variables, step=7):
-  """Writes a "student" item as the pretraining trainer does (plus its other items)."""
-  with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as manager:
-    manager.save(step, args=ocp.args.Composite(
-        student=ocp.args.StandardSave(variables), data=ocp.args.JsonSave({"next_batch": step})))
-    manager.wait_until_finished()
-
-
-def pretrained_student(seed=5):
-  """Variables of the pretraining student: a tiny PointNet++ with a projection head."""
-  model = pointnet2.PointModel(pointnet2.PointNet2Tiny(bn_axis_name=ppkt.AXIS),
-                               pointnet2.ProjectionHead(16))
-  variables = jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, 64, 3)),
-                                  jnp.zeros((1, 64, 3)), jnp.ones((1, 64), bool))
-  # Non-trivial statistics, so a forgotten batch_stats copy would show.
-  return jax.tree.map(lambda x: x + jax.random.uniform(jax.random.key(seed), x.shape),
-                      dict(variables))
-
-
-def test_loading_a_pretraining_checkpoint_fills_the_backbone_and_keeps_a_fresh_head(tmp_path):
-  saved = pretrained_student()
-  save_student(str(tmp_path), saved)
-  model = finetune.make_model("pointnet2_tiny", "finetune", head_hidden=8)
-  fresh = finetune.init_variables(model, jax.random.key(0), 128)
-  for path in (str(tmp_path), str(tmp_path / "checkpoints"), str(tmp_path / "checkpoints" / "7")):
-    loaded, step = finetune.load_student_backbone(path, model, fresh)
-    assert step == 7
-    for collection in ("params", "batch_stats"):
-      for a, b in zip(jax.tree.leaves(loaded[collection]["backbone"]),
-                      jax.tree.leaves(saved[collection]["backbone"]), strict=True):
-        np.testing.assert_array_equal(a, b)
-      for a, b in zip(jax.tree.leaves(loaded[collection]["head"]),
-                      jax.tree.leaves(fresh[collection]["head"]), strict=True):
-        np.testing.assert_array_equal(a, b)
-  with pytest.raises(FileNotFoundError, match="no pretraining checkpoint"):
-    finetune.load_student_backbone(str(tmp_path / "nowhere"), model, fresh)
-
-
-def test_a_mismatched_checkpoint_names_every_problem(tmp_path):
-  flat = traverse_util.flatten_dict(pretrained_student())
-  del flat["params", "backbone", "sa2", "SharedMLP_0", "PointwiseDense_0", "kernel"]
-  flat["params", "backbone", "fp1", "SharedMLP_0", "PointwiseDense_0", "kernel"] = jnp.zeros(
-      (3, 5))
-  flat["batch_stats", "backbone", "sa9", "mean"] = jnp.zeros(4)
-  save_student(str(tmp_path), traverse_util.unflatten_dict(flat))
-  model = finetune.make_model("pointnet2_tiny", "linear_probe")
-  fresh = finetune.init_variables(model, jax.random.key(0), 128)
-  with pytest.raises(ValueError) as error:
-    finetune.load_student_backbone(str(tmp_path), model, fresh)
-  message = str(error.value)
-  assert "3 problem(s)" in message
-  assert "missing: params/backbone/sa2/SharedMLP_0/PointwiseDense_0/kernel (expected shape " \
-         "(35, 32))" in message
-  assert ("shape mismatch: params/backbone/fp1/SharedMLP_0/PointwiseDense_0/kernel expected "
-          "(64, 32), found (3, 5)") in message
-  assert "unexpected: batch_stats/backbone/sa9/mean (found shape (4,))" in message
-
-
 def test_linear_probe_runs_on_cached_features_of_the_frozen_backbone(tmp_path):
   """The probe run: the pretrained backbone is read, never changed, and every val point is
   labelled through the probe."""
-  save_student(str(tmp_path / "pretrain"), pretrained_student())
-  config = finetune_synthetic.base()
+  test_checkpoints.save_student(str(tmp_path / "pretrain"), test_checkpoints.pretrained_student())
+  config = finetune_schema.base()
   config.update(student="pointnet2_tiny", mode="linear_probe", batch_size=2, total_steps=40,
                 log_every=10)
   config.crop.num_points = 128
@@ -193,7 +134,7 @@ def test_linear_probe_runs_on_cached_features_of_the_frozen_backbone(tmp_path):
 def test_script_runlocal_trains_and_evaluates_every_point(tmp_path):
   workdir = str(tmp_path / "work")
   config = finetune_synthetic.get_config("runlocal")
-  save_student(str(tmp_path / "pretrain"), pretrained_student())
+  test_checkpoints.save_student(str(tmp_path / "pretrain"), test_checkpoints.pretrained_student())
   done = subprocess.run(
       [sys.executable, "-m", "experiments.finetune", "--config",
        "experiments/configs/finetune_synthetic.py:runlocal", "--workdir", workdir,

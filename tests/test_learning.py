@@ -11,7 +11,10 @@ import numpy as np
 from p2p_jax import metrics
 from p2p_jax.data import labels as labels_lib
 from p2p_jax.data import synthetic
+from p2p_jax.models import resnet
+from p2p_jax.models.segmentation_2d import SegmentationNet
 from p2p_jax.train import finetune, teacher
+from p2p_jax.train import state as state_lib
 
 
 def structured_scene(num_points=256, seed=0):
@@ -32,13 +35,10 @@ def structured_scene(num_points=256, seed=0):
 def test_the_student_overfits_one_tiny_scene():
   crop = finetune.CropConfig(num_points=256, size=4.0, max_rotation=0.0, scale_range=(1, 1),
                              jitter_sigma=0.0)
-  optimizer = finetune.OptimizerConfig(learning_rate=1e-2, total_steps=120)
+  optimizer = state_lib.OptimizerConfig(learning_rate=1e-2, total_steps=120)
   model = finetune.make_model("pointnet2_tiny", "finetune", head_hidden=32, head_dropout=0.0)
   variables = finetune.init_variables(model, jax.random.key(0), crop.num_points)
-  state = finetune.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                              batch_stats=variables["batch_stats"],
-                              opt_state=finetune.make_optimizer(optimizer).init(
-                                  variables["params"]))
+  state = state_lib.TrainState.create(variables, state_lib.make_optimizer(optimizer))
   scenes = [structured_scene()]
   accuracy = []
   for step in range(optimizer.total_steps):
@@ -63,15 +63,12 @@ def test_the_teacher_overfits_a_handful_of_frames():
                                   crop_ratio=(1.0, 1.0), flip_probability=0.0,
                                   color_jitter=0.0, channel_shuffle_probability=0.0,
                                   grayscale_probability=0.0)
-  model = teacher.SegmentationNet(teacher.resnet.ResNet18(),
-                                  head_layers=("layer1", "layer2", "layer3", "layer4"))
+  model = SegmentationNet(resnet.ResNet18(), head_layers=("layer1", "layer2", "layer3", "layer4"))
   variables = jax.jit(functools.partial(model.init, train=False))(
       jax.random.key(0), jnp.zeros((1, 48, 64, 3)))
-  tx = teacher.ppkt.make_optimizer("adamw", learning_rate=2e-3, weight_decay=0.0,
-                                   total_steps=150, warmup_steps=0)
-  state = teacher.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                             batch_stats=variables["batch_stats"],
-                             opt_state=tx.init(variables["params"]))
+  tx = state_lib.make_optimizer(state_lib.OptimizerConfig(
+      "adamw", learning_rate=2e-3, weight_decay=0.0, total_steps=150))
+  state = state_lib.TrainState.create(variables, tx)
   for step in range(150):
     batch = teacher.training_batch(frames, 0, step, 4, augment)
     state, m = teacher.train_step(state, batch, None, model=model, tx=tx)
@@ -126,7 +123,7 @@ def test_the_linear_probe_separates_separable_features_and_ignores_unlabelled_po
   labels[:500] = labels_lib.IGNORE_LABEL   # unlabelled points with a misleading class
   features[:500] = centres[0] + 10
   batches = rng.integers(500, 4000, (200, 256)).astype(np.int32)
-  optimizer = finetune.OptimizerConfig(learning_rate=0.05, total_steps=200)
+  optimizer = state_lib.OptimizerConfig(learning_rate=0.05, total_steps=200)
   probe, losses = finetune.fit_linear_probe(features, labels, batches, num_classes=20,
                                             optimizer=optimizer)
   predicted = np.argmax(np.asarray(finetune.probe_logits(probe, features[500:])), -1)

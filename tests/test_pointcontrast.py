@@ -8,8 +8,10 @@ from test_frame_pairs import synthetic_frames
 
 from p2p_jax.data import frame_pairs
 from p2p_jax.data.scannet_frames import load_frames
-from p2p_jax.models import pointnet2
-from p2p_jax.train import pointcontrast
+from p2p_jax.methods import pointcontrast
+from p2p_jax.models import pointnet2, student
+from p2p_jax.train import contrastive, parallel
+from p2p_jax.train import state as state_lib
 
 MATCH = frame_pairs.MatchConfig(num_points=512, num_matches=32)
 
@@ -24,12 +26,13 @@ def data(tmp_path_factory):
 
 def setup(data, optimizer="sgd", learning_rate=0.1):
   source, pairs = data
-  model = pointcontrast.PointContrastModel(student=pointnet2.PointModel(
-      pointnet2.PointNet2Tiny(bn_axis_name=pointcontrast.AXIS), pointnet2.ProjectionHead(16)))
-  schedule = pointcontrast.make_schedule(learning_rate, 100)
-  tx = pointcontrast.make_optimizer(optimizer, learning_rate=learning_rate, weight_decay=1e-4,
-                                    total_steps=100)
-  host = pointcontrast.pointcontrast_dataset(source, pairs, MATCH, seed=0, num_devices=1,
+  model = pointcontrast.PointContrastModel(student=student.PointModel(
+      pointnet2.PointNet2Tiny(bn_axis_name=parallel.AXIS), student.ProjectionHead(16)))
+  schedule_config = state_lib.OptimizerConfig(optimizer, learning_rate=learning_rate,
+                                              weight_decay=1e-4, total_steps=100)
+  schedule = state_lib.make_schedule(schedule_config)
+  tx = state_lib.make_optimizer(schedule_config)
+  host = frame_pairs.pointcontrast_dataset(source, pairs, MATCH, seed=0, num_devices=1,
                                              per_device_batch=8, process_index=0,
                                              process_count=1)
   # Initialised from shapes, as a trainer does.
@@ -57,7 +60,7 @@ def harness(data):
   pointcontrast.train_step = counted
   try:
     state, host, kwargs = setup(data)
-    steps = {n: pointcontrast.make_train_step(devices=jax.devices()[:n], **kwargs)
+    steps = {n: contrastive.pmap_step(pointcontrast.train_step, jax.devices()[:n], **kwargs)
              for n in (1, 8)}
     yield state, host, steps, traces
   finally:
@@ -68,7 +71,7 @@ def run(state, host_batches, step, devices):
   """Runs `step` once per batch, each global batch split over `devices`."""
   n = len(devices)
   split = lambda x: x.reshape((n, -1) + x.shape[2:])
-  state = pointcontrast.replicate(state, devices)
+  state = parallel.replicate(state, devices)
   metrics = []
   for batch in host_batches:
     state, m = step(state, jax.tree.map(split, batch))

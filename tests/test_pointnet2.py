@@ -6,6 +6,7 @@ import numpy as np
 import optax
 
 from p2p_jax.models import pointnet2 as pn
+from p2p_jax.models import student as st
 
 
 def room_points(rng, batch, num):
@@ -27,7 +28,7 @@ def apply(model, variables, points, features, mask, train):
 
 
 def test_s3dis_configuration_shapes():
-  model = pn.PointModel(pn.PointNet2Seg(), pn.SegmentationHead(13))
+  model = st.PointModel(pn.PointNet2Seg(), st.SegmentationHead(13))
   points = jax.ShapeDtypeStruct((2, 4096, 3), jnp.float32)
   feats = jax.ShapeDtypeStruct((2, 4096, 9), jnp.float32)
   variables = jax.eval_shape(lambda p, f: model.init(jax.random.key(0), p, f), points, feats)
@@ -56,7 +57,7 @@ def test_padding_changes_no_valid_output():
   padded_pts = np.concatenate([points, garbage_pts], 1)
   padded_feats = np.concatenate([feats, np.full((2, 40, 4), 1e6, np.float32)], 1)
   padded_mask = np.concatenate([mask, np.zeros((2, 40), bool)], 1)
-  model = pn.PointModel(pn.PointNet2Tiny(), pn.ProjectionHead(8))
+  model = st.PointModel(pn.PointNet2Tiny(), st.ProjectionHead(8))
   for train in (False, True):
     variables, (out, aux), updates = init_and_apply(model, points, feats, mask, train)
     (pout, paux), pupdates = apply(model, variables, padded_pts, padded_feats, padded_mask, train)
@@ -113,13 +114,13 @@ def test_heads_and_parameter_layout():
   points = room_points(rng, 2, 64)
   mask = np.ones((2, 64), bool)
   mask[0, 50:] = False
-  for head, width in [(pn.ProjectionHead(16), 16), (pn.SegmentationHead(5), 5),
-                      (pn.LinearHead(7), 7)]:
-    model = pn.PointModel(pn.PointNet2Tiny(), head)
+  for head, width in [(st.ProjectionHead(16), 16), (st.SegmentationHead(5), 5),
+                      (st.LinearHead(7), 7)]:
+    model = st.PointModel(pn.PointNet2Tiny(), head)
     variables, (out, aux), _ = init_and_apply(model, points, None, mask, train=True)
     assert set(variables["params"]) == {"backbone", "head"}
     assert out.shape == (2, 64, width) and aux["features"].shape == (2, 64, 16)
-    if isinstance(head, pn.ProjectionHead):
+    if isinstance(head, st.ProjectionHead):
       np.testing.assert_allclose(np.linalg.norm(np.asarray(out)[mask], axis=-1), 1.0, rtol=1e-5)
   assert set(variables["params"]["head"]) == {"Dense_0"}  # the linear probe is one layer
 
@@ -129,7 +130,7 @@ def test_jit_grad_and_an_sgd_step_reduce_a_segmentation_loss():
   points = room_points(rng, 2, 128)
   feats = rng.uniform(size=(2, 128, 3)).astype(np.float32)
   labels = (points[..., 2] > 0.5).astype(np.int32) + 2 * (points[..., 0] > 1.0)
-  model = pn.PointModel(pn.PointNet2Tiny(), pn.SegmentationHead(4, dropout_rate=0.0))
+  model = st.PointModel(pn.PointNet2Tiny(), st.SegmentationHead(4, dropout_rate=0.0))
   variables = jax.jit(model.init)(jax.random.key(0), points, feats)
   tx = optax.adam(1e-2)
 

@@ -18,9 +18,9 @@ import orbax.checkpoint as ocp
 import pytest
 from tensorboardX.proto import event_pb2
 
-from experiments.configs import common
-from p2p_jax.data import prepare
-from p2p_jax.train import trainer
+from p2p_jax.configs import pretrain as schema
+from p2p_jax.train import pretrain
+from p2p_jax.train.config import check_config
 
 CONFIGS = sorted(os.path.basename(p)[:-3] for pattern in ("ppkt_*.py", "pointcontrast_*.py")
                  for p in glob.glob(f"experiments/configs/{pattern}"))
@@ -39,17 +39,17 @@ def test_every_config_builds_and_has_only_known_keys(name):
   module = importlib.import_module(f"experiments.configs.{name}")
   assert "python -m experiments.pretrain" in module.__doc__
   for arg in (None, "runlocal"):
-    trainer.check_config(module.get_config(arg), common.base())
+    check_config(module.get_config(arg), schema.base())
   with pytest.raises(ValueError, match="unknown config argument"):
     module.get_config("bogus")
 
 
 def test_unknown_keys_fail_loudly():
-  config = common.base()
+  config = schema.base()
   config.optimiser = ml_collections.ConfigDict({"name": "sgd"})  # British spelling: a typo
   config.loss.temprature = 0.1
   with pytest.raises(ValueError, match="loss.temprature, optimiser"):
-    trainer.check_config(config, common.base())
+    check_config(config, schema.base())
 
 
 def restore_state(workdir, step=None):
@@ -71,8 +71,8 @@ def uninterrupted(tmp_path_factory):
   """A 20-step runlocal run: the reference every resumed run must reproduce exactly."""
   tmp = tmp_path_factory.mktemp("uninterrupted")
   config = runlocal(tmp)
-  prepare.frames(config.data)
-  last = trainer.train(config, str(tmp / "work"), template=common.base())
+  pretrain.prepare(config, str(tmp / "work"))
+  last = pretrain.train(config, str(tmp / "work"), template=schema.base())
   return config, str(tmp / "work"), last
 
 
@@ -106,8 +106,8 @@ def test_resuming_in_process_reproduces_the_uninterrupted_run_bitwise(uninterrup
   config, reference_dir, _ = uninterrupted
   config = ml_collections.ConfigDict(config.to_dict())
   workdir = str(tmp_path / "work")
-  trainer.train(config, workdir, stop_at=12)  # checkpoints at 5, 10, 12 ...
-  trainer.train(config, workdir)  # ... and the second run resumes from 12
+  pretrain.train(config, workdir, stop_at=12)  # checkpoints at 5, 10, 12 ...
+  pretrain.train(config, workdir)  # ... and the second run resumes from 12
   _, ours = restore_state(workdir, 20)
   _, reference = restore_state(reference_dir, 20)
   assert_trees_equal(ours["state"], reference["state"])
@@ -168,11 +168,11 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(
   config, _, _ = uninterrupted
   config = ml_collections.ConfigDict(config.to_dict())
   workdir = str(tmp_path / "work")
-  trainer.train(config, workdir, stop_at=5)
+  pretrain.train(config, workdir, stop_at=5)
   _, good = restore_state(workdir, 5)
   config.optimizer.learning_rate = 1e30  # the parameters overflow within a step or two
   with pytest.raises(FloatingPointError, match=r"non-finite loss .* at step (6|7|8)"):
-    trainer.train(config, workdir)
+    pretrain.train(config, workdir)
   step, kept = restore_state(workdir)
   assert step == 5
   assert_trees_equal(kept["state"], good["state"])
@@ -236,7 +236,8 @@ def test_teacher_cache_run_matches_the_uncached_run(uninterrupted, tmp_path):
     c = ml_collections.ConfigDict(config.to_dict())
     c.total_steps, c.pairs.views_per_frame, c.teacher.cache = 4, 2, cache
     c.teacher.layer = "layer3"  # a finer map than the default layer4, both ways
-    results[cache] = trainer.train(c, str(tmp_path / f"cache_{cache}"), template=common.base())
+    pretrain.prepare(c, str(tmp_path / f"cache_{cache}"))
+    results[cache] = pretrain.train(c, str(tmp_path / f"cache_{cache}"), template=schema.base())
   assert os.path.exists(tmp_path / "cache_True" / "teacher_cache" / "cache.json")
   assert not os.path.exists(tmp_path / "cache_False" / "teacher_cache")
   for key in ("loss", "pair_accuracy", "param_norm"):
@@ -247,7 +248,7 @@ def test_teacher_cache_run_matches_the_uncached_run(uninterrupted, tmp_path):
   c = ml_collections.ConfigDict(config.to_dict())
   c.teacher.cache = True  # views_per_frame = 0: fresh crops cannot be cached
   with pytest.raises(ValueError, match="views_per_frame > 0"):
-    trainer.train(c, str(tmp_path / "fresh"))
+    pretrain.train(c, str(tmp_path / "fresh"))
 
 
 def test_pointcontrast_runlocal_trains_through_the_same_loop(uninterrupted, tmp_path):
@@ -255,9 +256,9 @@ def test_pointcontrast_runlocal_trains_through_the_same_loop(uninterrupted, tmp_
   config = runlocal(tmp_path, "pointcontrast_synthetic")
   config.data.manual_dir, config.data.data_dir = (ppkt_config.data.manual_dir,
                                                   ppkt_config.data.data_dir)
-  prepare.frames(config.data)
   workdir = str(tmp_path / "work")
-  last = trainer.train(config, workdir, template=common.base())
+  pretrain.prepare(config, workdir)
+  last = pretrain.train(config, workdir, template=schema.base())
   records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   losses = [r["loss"] for r in records]
   assert last["step"] == 20 and np.mean(losses[-5:]) < np.mean(losses[:5]), losses
@@ -268,7 +269,7 @@ def test_pointcontrast_runlocal_trains_through_the_same_loop(uninterrupted, tmp_
           jax.tree.structure(ppkt_restored["student"]))
   config.method = "bogus"
   with pytest.raises(ValueError, match="unknown method 'bogus'"):
-    trainer.train(config, str(tmp_path / "bogus"))
+    pretrain.train(config, str(tmp_path / "bogus"))
 
 
 def test_the_papers_sparse_unet_student_pretrains_through_the_same_loop(uninterrupted, tmp_path):
@@ -279,9 +280,9 @@ def test_the_papers_sparse_unet_student_pretrains_through_the_same_loop(uninterr
       "sr_unet34c")
   config.data.manual_dir, config.data.data_dir = (ppkt_config.data.manual_dir,
                                                   ppkt_config.data.data_dir)
-  prepare.frames(config.data)
+  pretrain.prepare(config, str(tmp_path / "work"))
   config.total_steps = 8
-  last = trainer.train(config, str(tmp_path / "work"), template=common.base())
+  last = pretrain.train(config, str(tmp_path / "work"), template=schema.base())
   records = [json.loads(line) for line in open(tmp_path / "work" / "metrics.jsonl")]
   assert last["step"] == 8 and all(np.isfinite(r["loss"]) for r in records)
   assert records[-1]["loss"] < records[0]["loss"]

@@ -6,8 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from p2p_jax.models import pointnet2 as pn
 from p2p_jax.models import sparse_unet as su
+from p2p_jax.models import student as st
 
 
 def surface_points(rng, batch, num):
@@ -30,7 +30,7 @@ def random_variables(model, *args):
 
 
 def test_res16unet34c_matches_minkowski_engine_shapes():
-  model = pn.PointModel(su.SparseUNet34C(), pn.ProjectionHead(128))
+  model = st.PointModel(su.SparseUNet34C(), st.ProjectionHead(128))
   points = jax.ShapeDtypeStruct((2, 4096, 3), jnp.float32)
   colors = jax.ShapeDtypeStruct((2, 4096, 3), jnp.float32)
   variables = jax.eval_shape(lambda p, c: model.init(jax.random.key(0), p, c), points, colors)
@@ -79,7 +79,7 @@ def test_padding_and_permutation_change_no_valid_output():
   points2[0, np.flatnonzero(~mask2[0])[:10]] = 1e4
   colors2[~mask2] = 1e6
 
-  model = pn.PointModel(su.SparseUNetTiny(), pn.ProjectionHead(8))
+  model = st.PointModel(su.SparseUNetTiny(), st.ProjectionHead(8))
   variables = random_variables(model, points, colors, mask)
   apply = jax.jit(lambda v, p, c, m, train: model.apply(v, p, c, m, train=train,
                                                         mutable=["batch_stats"]),
@@ -114,7 +114,7 @@ def test_sgd_on_student_reduces_loss():
   mask = np.ones((2, 256), bool)
   mask[1, 200:] = False
   target = np.sign(points[..., :1] - 1.0) * np.array([1.0, -1.0, 0.5, 0.0], np.float32)
-  model = pn.PointModel(su.SparseUNetTiny(), pn.LinearHead(4))
+  model = st.PointModel(su.SparseUNetTiny(), st.LinearHead(4))
   variables = random_variables(model, points, colors, mask)
   variables = {**variables, "params": jax.tree.map(lambda x: x * 0.3, variables["params"])}
   tx = optax.sgd(0.05, momentum=0.9)

@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 
 from experiments.configs import teacher_synthetic
+from p2p_jax.configs import teacher as teacher_schema
 from p2p_jax.data import teacher_frames
 from p2p_jax.models import convert, resnet
-from p2p_jax.train import teacher, trainer
+from p2p_jax.models.segmentation_2d import SegmentationNet
+from p2p_jax.train import teacher
+from p2p_jax.train.config import check_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,7 +26,7 @@ def test_every_config_builds_and_has_only_known_keys():
   assert "python -m experiments.train_teacher" in teacher_synthetic.__doc__
   for arg in (None, "runlocal"):
     config = teacher_synthetic.get_config(arg)
-    trainer.check_config(config, teacher_synthetic.base())
+    check_config(config, teacher_schema.base())
     assert config.arch in resnet.VARIANTS and config.data.frames_config.endswith("_labels")
   with pytest.raises(ValueError, match="unknown config argument"):
     teacher_synthetic.get_config("bogus")
@@ -60,8 +63,8 @@ def test_crops_keep_labels_exact():
 
 
 def test_segmentation_net_logits_at_input_resolution():
-  model = teacher.SegmentationNet(resnet.ResNetTiny(), num_classes=5,
-                                  head_layers=("layer4", "layer3"))
+  model = SegmentationNet(resnet.ResNetTiny(), num_classes=5,
+                          head_layers=("layer4", "layer3"))
   variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((2, 40, 56, 3)))
   logits, aux = jax.eval_shape(model.apply, variables, jnp.ones((2, 40, 56, 3)))
   assert logits.shape == (2, 40, 56, 5) and "layer4" in aux

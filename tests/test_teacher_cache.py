@@ -13,8 +13,9 @@ from test_pipeline import make_frames
 from test_train_ppkt import PAIRS, setup
 
 from p2p_jax.data import pipeline, teacher_cache
+from p2p_jax.methods import ppkt
 from p2p_jax.models import resnet
-from p2p_jax.train import ppkt
+from p2p_jax.train import contrastive, parallel
 
 VIEWS = dataclasses.replace(PAIRS, views_per_frame=3)
 
@@ -75,9 +76,9 @@ def test_training_with_the_cache_equals_training_without_up_to_float16(cache):
   for source_cache in (None, built):
     host = pipeline.pretrain_dataset(frames, VIEWS, seed=0, num_devices=2, per_device_batch=4,
                                      process_index=0, process_count=1, cache=source_cache)
-    step = ppkt.make_train_step(devices=devices, **kwargs)
-    s = ppkt.replicate(state, devices)
-    t = ppkt.replicate(teacher_vars, devices) if source_cache is None else {}
+    step = contrastive.pmap_step(ppkt.train_step, devices, **kwargs)
+    s = parallel.replicate(state, devices)
+    t = parallel.replicate(teacher_vars, devices) if source_cache is None else {}
     losses = []
     for i in range(3):
       s, metrics = step(s, t, host[i])

@@ -8,8 +8,10 @@ import numpy as np
 from test_pipeline import make_frames
 
 from p2p_jax.data import pipeline
-from p2p_jax.models import pointnet2, projector, resnet
-from p2p_jax.train import ppkt
+from p2p_jax.methods import ppkt
+from p2p_jax.models import pointnet2, projector, resnet, student
+from p2p_jax.train import contrastive, parallel
+from p2p_jax.train import state as state_lib
 
 PAIRS = pipeline.PairConfig(image_hw=(32, 48), num_points=128, num_pairs=64,
                             crop_scale=(0.6, 1.0))
@@ -20,11 +22,12 @@ def setup(optimizer="sgd", global_negatives=True, learning_rate=0.1):
   teacher_vars = jax.jit(teacher.init)(jax.random.key(0), jnp.zeros((1, 32, 48, 3)))
   model = ppkt.PPKTModel(
       projector=projector.UpsamplingProjector(features=16),
-      student=pointnet2.PointModel(pointnet2.PointNet2Tiny(bn_axis_name=ppkt.AXIS),
-                                   pointnet2.ProjectionHead(16)))
-  schedule = ppkt.make_schedule(learning_rate, 100)
-  tx = ppkt.make_optimizer(optimizer, learning_rate=learning_rate, weight_decay=1e-4,
-                           total_steps=100)
+      student=student.PointModel(pointnet2.PointNet2Tiny(bn_axis_name=parallel.AXIS),
+                                   student.ProjectionHead(16)))
+  schedule_config = state_lib.OptimizerConfig(optimizer, learning_rate=learning_rate,
+                                              weight_decay=1e-4, total_steps=100)
+  schedule = state_lib.make_schedule(schedule_config)
+  tx = state_lib.make_optimizer(schedule_config)
   frames = make_frames(8, seed=1)
   host = pipeline.pretrain_dataset(frames, PAIRS, seed=0, num_devices=1, per_device_batch=8,
                                    process_index=0, process_count=1)
@@ -40,10 +43,10 @@ def setup(optimizer="sgd", global_negatives=True, learning_rate=0.1):
 def run(state, teacher_vars, host_batch, kwargs, devices, steps=1):
   """Runs `steps` pmapped steps on the global batch split over `devices`."""
   n = len(devices)
-  step = ppkt.make_train_step(devices=devices, **kwargs)
+  step = contrastive.pmap_step(ppkt.train_step, devices, **kwargs)
   split = lambda x: x.reshape((n, -1) + x.shape[2:])
-  state = ppkt.replicate(state, devices)
-  teacher_vars = ppkt.replicate(teacher_vars, devices)
+  state = parallel.replicate(state, devices)
+  teacher_vars = parallel.replicate(teacher_vars, devices)
   metrics = []
   for i in range(steps):
     state, m = step(state, teacher_vars, jax.tree.map(split, host_batch[i]))

@@ -22,13 +22,10 @@ Hardware: a 2-core CPU.
 
 import ml_collections
 
-from experiments.configs import (
-  common,
-  finetune_synthetic,
-  pointcontrast_synthetic,
-  ppkt_synthetic,
-  teacher_synthetic,
-)
+from experiments.configs import pointcontrast_synthetic, ppkt_synthetic
+from p2p_jax.configs import finetune as finetune_schema
+from p2p_jax.configs import pretrain as pretrain_schema
+from p2p_jax.configs import teacher as teacher_schema
 
 # The budget, chosen from learning curves measured on other worlds (docs/demo/budget.md).
 TEACHER_STEPS = 2000
@@ -56,7 +53,7 @@ def get_config(arg=None):
       inits=("scratch", "ppkt"),
   ))
 
-  c.teacher = teacher_synthetic.base()
+  c.teacher = teacher_schema.base()
   c.teacher.arch = "resnet18"
   # Heads on every stage: stride-4 detail for the 2D labels, layer3 semantics for PPKT's UPL.
   c.teacher.head_layers = ("layer1", "layer2", "layer3", "layer4")
@@ -78,7 +75,7 @@ def get_config(arg=None):
   c.ppkt.checkpoint.update(every=100, keep=2)
 
   c.pointcontrast = pointcontrast_synthetic.get_config()
-  c.finetune = finetune_synthetic.base()
+  c.finetune = finetune_schema.base()
   c.finetune.update(batch_size=8, total_steps=FINETUNE_STEPS, log_every=25)
 
   if arg == "runlocal":
@@ -98,14 +95,21 @@ def get_config(arg=None):
     c.finetune.crop.num_points = 256
     c.finetune.optimizer.warmup_steps = 0
     c.finetune.eval.batch_size = 4
+    c.pointcontrast.pointcontrast.min_overlap = 0.2
   elif arg == "full":
     # Every baseline and label fraction (PointContrast pretrains with the same budget).
     c.study.update(fractions=(0.01, 0.05, 0.1, 0.25, 1.0), seeds=(3, 3, 1, 1, 1),
                    inits=("scratch", "pointcontrast", "ppkt"))
   elif arg:
     raise ValueError(f"unknown config argument {arg!r}; expected 'runlocal', 'full' or none")
+  share(c)
+  return c
 
-  # What the stages share: one world, one student, one pretraining budget.
+
+def share(c: ml_collections.ConfigDict) -> None:
+  """Sets what the stages share from its one place: the student and its colour input (from
+  `student`, `student_colors`), the teacher's architecture, and PPKT's data and budget for
+  PointContrast. `experiments.demo` calls it again after `--config.*` overrides."""
   c.ppkt.student = c.pointcontrast.student = c.finetune.student = c.student
   c.ppkt.pairs.colors = c.finetune.crop.colors = c.student_colors
   c.ppkt.teacher.arch = c.teacher.arch
@@ -114,12 +118,9 @@ def get_config(arg=None):
     c.pointcontrast[key] = ml_collections.ConfigDict(c.ppkt[key].to_dict()) if isinstance(
         c.ppkt[key], ml_collections.ConfigDict) else c.ppkt[key]
   c.pointcontrast.pointcontrast.num_matches = c.ppkt.pairs.num_pairs
-  if arg == "runlocal":
-    c.pointcontrast.pointcontrast.min_overlap = 0.2
-  return c
 
 
 def templates() -> dict[str, ml_collections.ConfigDict]:
   """The schema each stage's config is checked against."""
-  return {"teacher": teacher_synthetic.base(), "ppkt": common.base(),
-          "pointcontrast": common.base(), "finetune": finetune_synthetic.base()}
+  return {"teacher": teacher_schema.base(), "ppkt": pretrain_schema.base(),
+          "pointcontrast": pretrain_schema.base(), "finetune": finetune_schema.base()}

@@ -16,11 +16,11 @@ on S3DIS Area 5 with SR-UNet and gains that grow as labels shrink.
 `runlocal` shrinks it to tiny synthetic data on a CPU, to check the wiring.
 """
 
-from experiments.configs import common
+from p2p_jax.configs import pretrain as schema
 
 
 def get_config(arg=None):
-  c = common.base()
+  c = schema.base()
   c.data.manual_dir = "/data/scannet"
   c.data.data_dir = "/data/tfds"
   # PPKT draws 4096 pairs over the batch of 24: 171 per frame (4104 in all).
@@ -28,7 +28,7 @@ def get_config(arg=None):
   c.student = "sr_unet34c"  # the paper's segmentation student, 2.5 cm voxels
   if arg == "runlocal":
     c.data.manual_dir = c.data.data_dir = ""  # tiny synthetic rooms instead of ScanNet
-    common.shrink_for_cpu(c, "/tmp/ppkt_scannet_runlocal")
+    schema.shrink_for_cpu(c, "/tmp/ppkt_scannet_runlocal")
     c.student = "sr_unet_tiny"
   elif arg:
     raise ValueError(f"unknown config argument {arg!r}; expected 'runlocal' or none")

@@ -12,11 +12,11 @@ Expected result: the loss falls and the pair top-1 accuracy rises; with a traine
 fine-tune better than from scratch (experiments/finetune.py).
 """
 
-from experiments.configs import common
+from p2p_jax.configs import pretrain as schema
 
 
 def get_config(arg=None):
-  c = common.base()
+  c = schema.base()
   c.data.manual_dir = "data/rooms"
   c.data.data_dir = "data/tfds"
   c.data.synthetic.update(scenes=100, frames_per_scene=50)
@@ -27,7 +27,7 @@ def get_config(arg=None):
   c.total_steps = 5000
   c.checkpoint.every = 500
   if arg == "runlocal":
-    common.shrink_for_cpu(c, "/tmp/ppkt_runlocal")
+    schema.shrink_for_cpu(c, "/tmp/ppkt_runlocal")
   elif arg:
     raise ValueError(f"unknown config argument {arg!r}; expected 'runlocal' or none")
   return c

@@ -1,6 +1,16 @@
-"""Readers of prepared datasets and the pretraining input pipeline (numpy in, numpy out).
+"""Data: the on-disk layouts, preparation, and the input pipelines (numpy in, numpy out).
 
-    labels     NYU40 ids and the 20 ScanNet benchmark classes
-    scannet    the ScanNet export layout on disk: read and write frames, intrinsics, meshes
-    pipeline   frames -> fixed-shape pixel-point batches with 2D/3D augmentations
+    prepare          everything written before a run (datasets, the teacher's export)
+    scannet          the ScanNet export layout: read and write frames, intrinsics, meshes
+    export           the scenes of each split of an export, and the tally of skipped files
+    scannet_frames   RGB-D frames as a TFDS dataset (array_record, read without TensorFlow)
+    scannet_scenes   scene point clouds with ScanNet-20 labels as a TFDS dataset
+    labels           NYU40 ids and the 20 ScanNet benchmark classes
+    frames           what both pretraining pipelines share: frame fields, depth range, colour
+                     lookup, the Grain dataset
+    pipeline         frames -> fixed-shape pixel-point batches (PPKT)
+    frame_pairs      overlapping frame pairs and their matches (PointContrast)
+    teacher_cache    the frozen teacher's features of fixed views, stored once
+    teacher_frames   the 2D teacher's scenes and frames
+    synthetic        procedural rooms in the ScanNet export layout
 """

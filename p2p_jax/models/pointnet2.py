@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 
 from p2p_jax import pointops
-from p2p_jax.losses import l2_normalize
 from p2p_jax.models.layers import MaskedBatchNorm, PointwiseDense
 
 
@@ -190,55 +189,3 @@ def PointNet2Tiny(**kwargs) -> PointNet2:  # noqa: N802
   levels = (SALevel(32, (0.2, 0.4), (8, 16), ((8, 16), (8, 16))),
             SALevel(8, (0.6,), (8,), ((32,),)))
   return PointNet2(sa_levels=levels, fp_mlps=((32,), (16, 16)), **kwargs)
-
-
-class ProjectionHead(nn.Module):
-  """Pretraining head: a pointwise linear map to `features` channels, L2-normalised."""
-  features: int = 128
-
-  @nn.compact
-  def __call__(self, x: jax.Array, point_mask: jax.Array, *, train: bool = False):
-    del train
-    y = l2_normalize(nn.Dense(self.features)(x))
-    return jnp.where(point_mask[..., None], y, 0.0)
-
-
-class SegmentationHead(nn.Module):
-  """PointNet++ segmentation head: Dense -> BatchNorm -> ReLU -> Dropout -> Dense (logits)."""
-  num_classes: int
-  hidden: int = 128
-  dropout_rate: float = 0.5
-  bn_axis_name: str | None = None
-
-  @nn.compact
-  def __call__(self, x: jax.Array, point_mask: jax.Array, *, train: bool = False):
-    x = SharedMLP((self.hidden,), self.bn_axis_name)(x, point_mask, train=train)
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.Dense(self.num_classes)(x)
-
-
-class LinearHead(nn.Module):
-  """Linear probe: a single pointwise Dense layer to class logits."""
-  num_classes: int
-
-  @nn.compact
-  def __call__(self, x: jax.Array, point_mask: jax.Array, *, train: bool = False):
-    del point_mask, train
-    return nn.Dense(self.num_classes)(x)
-
-
-class PointModel(nn.Module):
-  """A backbone with a head. Params are {"backbone": ..., "head": ...}, so the backbone's can
-  be saved and loaded alone (pretrain with `ProjectionHead`, fine-tune with another head).
-  """
-  backbone: nn.Module
-  head: nn.Module
-
-  @nn.compact
-  def __call__(self, points, features=None, point_mask=None, *, train: bool = False,
-               fps_start: int = 0):
-    """Returns (head output [B, N, ...], aux with the backbone's aux and "features")."""
-    if point_mask is None:
-      point_mask = jnp.ones(jnp.shape(points)[:2], bool)
-    feats, aux = self.backbone(points, features, point_mask, train=train, fps_start=fps_start)
-    return self.head(feats, point_mask, train=train), {**aux, "features": feats}

@@ -21,7 +21,7 @@ the 96 channels of block8, and the `PointModel` head maps them.
 
 As a student the network takes points: it voxelises them (features averaged per voxel), runs
 on the voxels and reads each point's features back from its voxel, so it plugs into
-`pointnet2.PointModel` exactly like PointNet++. Shapes are static: every level has a capacity
+`student.PointModel` exactly like PointNet++. Shapes are static: every level has a capacity
 of voxels per cloud (level 0: `capacity`, default N; coarser levels a fraction of it); voxels
 that do not fit are counted in aux["overflow"] and, with `warn_on_overflow`, reported by a
 host warning. Padded points never influence valid outputs: they get no voxel, and padding
@@ -197,7 +197,7 @@ class SparseUNet(nn.Module):
 
   @nn.compact
   def __call__(self, points: jax.Array, features: jax.Array | None = None,
-               point_mask: jax.Array | None = None, *, train: bool = False, fps_start: int = 0):
+               point_mask: jax.Array | None = None, *, train: bool = False):
     """Computes per-point features.
 
     Args:
@@ -205,7 +205,6 @@ class SparseUNet(nn.Module):
       features: optional [B, N, C] input features (e.g. colours); ones if None.
       point_mask: optional [B, N] bool, True for real points.
       train: BatchNorm in training mode (batch statistics) or inference mode.
-      fps_start: unused (accepted for the `PointModel` interface shared with PointNet++).
 
     Returns:
       ([B, N, output_width] features, zero at padded points, aux) with aux holding
@@ -214,7 +213,6 @@ class SparseUNet(nn.Module):
       voxel row of each point, and the level features "p1", "b1p2", "b2p4", "b3p8", "b4p16",
       "b5p8", "b6p4", "b7p2", "b8p1" ([B * capacity_l, C] rows).
     """
-    del fps_start
     if len(self.planes) != 8 or len(self.layers) != 8 or len(self.coarse_capacity_ratios) != 4:
       raise ValueError("planes and layers need 8 entries, coarse_capacity_ratios 4")
     points = jnp.asarray(points, jnp.float32)

@@ -27,7 +27,7 @@ Modes. "finetune" trains the backbone and a `SegmentationHead` (BatchNorm in tra
 mode (running BatchNorm statistics, never updated), its parameters are behind
 `stop_gradient` and the optimiser sets their updates to zero (`optax.multi_transform`).
 
-The backbone comes from a pretraining work dir (`p2p_jax.train.trainer` writes the "student"
+The backbone comes from a pretraining work dir (`p2p_jax.train.pretrain` writes the "student"
 item: {"params": {"backbone", "head"}, "batch_stats": {"backbone"}}); the pretraining head is
 dropped and the segmentation head starts fresh. Without a checkpoint the backbone starts from
 a random initialisation ("scratch").
@@ -39,6 +39,7 @@ fraction and initialisation of a study) compile once.
 
 import dataclasses
 import functools
+import itertools
 import json
 import logging
 import math
@@ -52,19 +53,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import scipy.spatial
-import tqdm
-from flax import traverse_util
 
+from p2p_jax import checkpoints, models
 from p2p_jax import metrics as metrics_lib
 from p2p_jax.data import labels as labels_lib
 from p2p_jax.data import scannet_scenes
-from p2p_jax.models import pointnet2
-from p2p_jax.train import ppkt, trainer
+from p2p_jax.models import student as student_lib
+from p2p_jax.train import config as config_lib
+from p2p_jax.train import loop
+from p2p_jax.train import state as state_lib
 
-# The 3D students, shared with pretraining: a backbone added there is available here.
-STUDENTS = trainer.STUDENTS
 MODES = ("finetune", "linear_probe")
 
 
@@ -89,17 +88,6 @@ class CropConfig:
   jitter_sigma: float = 0.005
   jitter_clip: float = 0.02
   colors: bool = True
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimizerConfig:
-  """The optimiser and its schedule (see `ppkt.make_optimizer`); hashable, static under jit."""
-  name: str = "adamw"
-  learning_rate: float = 1e-2
-  weight_decay: float = 1e-4
-  momentum: float = 0.9
-  warmup_steps: int = 0
-  total_steps: int = 300
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,122 +287,23 @@ def load_data(config: ml_collections.ConfigDict) -> SceneData:
 
 
 def make_model(student: str, mode: str, *, num_classes: int = labels_lib.NUM_CLASSES,
-               head_hidden: int = 128, head_dropout: float = 0.5) -> pointnet2.PointModel:
+               head_hidden: int = 128, head_dropout: float = 0.5) -> student_lib.PointModel:
   """The student backbone with a segmentation head ("finetune") or a linear one (probe)."""
-  if student not in STUDENTS:
-    raise ValueError(f"unknown student {student!r}; expected one of {sorted(STUDENTS)}")
   if mode == "finetune":
-    head = pointnet2.SegmentationHead(num_classes, hidden=head_hidden,
-                                      dropout_rate=head_dropout)
+    head = student_lib.SegmentationHead(num_classes, hidden=head_hidden,
+                                        dropout_rate=head_dropout)
   elif mode == "linear_probe":
-    head = pointnet2.LinearHead(num_classes)
+    head = student_lib.LinearHead(num_classes)
   else:
     raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
-  return pointnet2.PointModel(STUDENTS[student](), head)
+  return student_lib.PointModel(models.backbone(student), head)
 
 
-def init_variables(model: pointnet2.PointModel, key: jax.Array, num_points: int) -> dict:
+def init_variables(model: student_lib.PointModel, key: jax.Array, num_points: int) -> dict:
   """Random {"params", "batch_stats"} of `model` for crops of `num_points` points."""
   points = jnp.zeros((1, num_points, 3))
   return jax.jit(functools.partial(model.init, train=False))(
       key, points, jnp.zeros((1, num_points, 3)), jnp.ones((1, num_points), bool))
-
-
-def _flat_shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], Any]]:
-  tree = getattr(tree, "tree", tree)  # Orbax's TreeMetadata wraps the tree
-  flat = traverse_util.flatten_dict(tree) if isinstance(tree, dict) else {}
-  return {"/".join(map(str, k)): (tuple(v.shape), v.dtype) for k, v in flat.items()}
-
-
-def find_student_checkpoint(path: str) -> tuple[str, int | None]:
-  """The "student" item of a pretraining checkpoint.
-
-  Args:
-    path: a pretraining work dir (its latest checkpoint), its `checkpoints/` dir (likewise),
-      a step dir `checkpoints/<step>`, or the step's `student/` item dir itself.
-
-  Returns:
-    (the item directory, its step or None when `path` named the item).
-
-  Raises:
-    FileNotFoundError: nothing that looks like a pretraining checkpoint at `path`.
-  """
-  path = os.path.abspath(os.fspath(path))
-  if os.path.isfile(os.path.join(path, "_METADATA")):
-    step = os.path.basename(os.path.dirname(path))
-    return path, int(step) if step.isdigit() else None
-  if os.path.isdir(os.path.join(path, "student")):
-    step = os.path.basename(path)
-    return os.path.join(path, "student"), int(step) if step.isdigit() else None
-  root = os.path.join(path, "checkpoints") if os.path.isdir(
-      os.path.join(path, "checkpoints")) else path
-  steps = sorted(int(d) for d in (os.listdir(root) if os.path.isdir(root) else [])
-                 if d.isdigit() and os.path.isdir(os.path.join(root, d, "student")))
-  if not steps:
-    raise FileNotFoundError(f"no pretraining checkpoint with a 'student' item at {path} (looked "
-                            f"for <workdir>/checkpoints/<step>/student/ and <step>/student/)")
-  return os.path.join(root, str(steps[-1]), "student"), steps[-1]
-
-
-def load_student_backbone(path: str, model: pointnet2.PointModel,
-                          variables: dict) -> tuple[dict, int | None]:
-  """Replaces the backbone of `variables` by the pretrained one at `path`; the head stays.
-
-  Args:
-    path: see `find_student_checkpoint`.
-    model: the fine-tuning model (only used to name it in errors).
-    variables: `model`'s {"params", "batch_stats"}, e.g. from `init_variables`.
-
-  Returns:
-    (variables with params["backbone"] and batch_stats["backbone"] from the checkpoint, the
-     checkpoint's step).
-
-  Raises:
-    FileNotFoundError: no checkpoint at `path`.
-    ValueError: listing every backbone variable the checkpoint lacks, has in excess or has
-      with another shape (paths like "params/backbone/sa1/SharedMLP_0/PointwiseDense_0/kernel").
-  """
-  item, step = find_student_checkpoint(path)
-  wanted = {"params": {"backbone": variables["params"]["backbone"]},
-            "batch_stats": {"backbone": variables.get("batch_stats", {}).get("backbone", {})}}
-  wanted_shapes = _flat_shapes(wanted)
-  with ocp.StandardCheckpointer() as checkpointer:
-    stored_shapes = _flat_shapes(checkpointer.metadata(item).item_metadata)
-    in_backbone = lambda k: k.startswith(("params/backbone/", "batch_stats/backbone/"))
-    problems = [f"missing: {k} (expected shape {v[0]})" for k, v in wanted_shapes.items()
-                if k not in stored_shapes]
-    problems += [f"shape mismatch: {k} expected {v[0]}, found {stored_shapes[k][0]}"
-                 for k, v in wanted_shapes.items()
-                 if k in stored_shapes and stored_shapes[k][0] != v[0]]
-    problems += [f"unexpected: {k} (found shape {v[0]})" for k, v in stored_shapes.items()
-                 if in_backbone(k) and k not in wanted_shapes]
-    if problems:
-      raise ValueError(
-          f"the pretrained student at {item} does not fit the backbone "
-          f"{type(model.backbone).__name__} of this model (is the config's `student` the "
-          f"architecture that was pretrained?): {len(problems)} problem(s)\n  "
-          + "\n  ".join(problems))
-    # Checked above, before restoring: a failed Orbax restore leaves work that errors at exit.
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = traverse_util.unflatten_dict({
-        tuple(k.split("/")): jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
-        for k, (shape, dtype) in stored_shapes.items()})
-    restored = checkpointer.restore(item, target)
-  out = {"params": {**variables["params"], "backbone": restored["params"]["backbone"]},
-         "batch_stats": {**variables.get("batch_stats", {}),
-                         "backbone": restored.get("batch_stats", {}).get("backbone", {})}}
-  return out, step
-
-
-def make_optimizer(optimizer: OptimizerConfig) -> optax.GradientTransformation:
-  """The optimiser and schedule of `optimizer` (see `ppkt.make_optimizer`)."""
-  return ppkt.make_optimizer(optimizer.name, learning_rate=optimizer.learning_rate,
-                             weight_decay=optimizer.weight_decay,
-                             total_steps=optimizer.total_steps,
-                             warmup_steps=optimizer.warmup_steps, momentum=optimizer.momentum)
-
-
-TrainState = ppkt.TrainState
 
 
 def masked_cross_entropy(logits: jax.Array, labels: jax.Array,
@@ -437,14 +326,11 @@ def masked_cross_entropy(logits: jax.Array, labels: jax.Array,
   return jnp.sum(jnp.where(valid, per_point, 0.0)) / count, jnp.sum(correct) / count
 
 
-def _global_norm(tree) -> jax.Array:
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
-
-
 @functools.partial(jax.jit, static_argnames=("model", "optimizer"), donate_argnums=(0,))
-def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array, *,
-               model: pointnet2.PointModel,
-               optimizer: OptimizerConfig) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array], key: jax.Array, *,
+               model: student_lib.PointModel,
+               optimizer: state_lib.OptimizerConfig,
+               ) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
   """One fine-tuning step on a batch of crops (BatchNorm in training mode, dropout on).
 
   Args:
@@ -457,7 +343,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array, *
   Returns:
     (new state, {"loss", "accuracy", "learning_rate", "grad_norm"}).
   """
-  tx = make_optimizer(optimizer)
+  tx = state_lib.make_optimizer(optimizer)
 
   def loss_fn(params):
     (logits, _), updates = model.apply(
@@ -468,19 +354,15 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array, *
 
   (loss, (batch_stats, accuracy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  schedule = ppkt.make_schedule(optimizer.learning_rate, optimizer.total_steps,
-                                optimizer.warmup_steps)
-  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                            opt_state=opt_state)
+  new_state, _ = state.apply_gradients(grads, batch_stats, tx)
+  schedule = state_lib.make_schedule(optimizer)
   return new_state, {"loss": loss, "accuracy": accuracy, "learning_rate": schedule(state.step),
-                     "grad_norm": _global_norm(grads)}
+                     "grad_norm": loop.global_norm(grads)}
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
 def predict(variables: dict, points: jax.Array, colors: jax.Array, point_mask: jax.Array, *,
-            model: pointnet2.PointModel) -> jax.Array:
+            model: student_lib.PointModel) -> jax.Array:
   """Class predictions int32 [B, N] of the model in inference mode."""
   logits, _ = model.apply(variables, points, colors, point_mask, train=False)
   return jnp.argmax(logits, axis=-1).astype(jnp.int32)
@@ -488,7 +370,7 @@ def predict(variables: dict, points: jax.Array, colors: jax.Array, point_mask: j
 
 @functools.partial(jax.jit, static_argnames=("model",))
 def backbone_features(variables: dict, points: jax.Array, colors: jax.Array,
-                      point_mask: jax.Array, *, model: pointnet2.PointModel) -> jax.Array:
+                      point_mask: jax.Array, *, model: student_lib.PointModel) -> jax.Array:
   """The backbone's per-point features [B, N, C] in inference mode (the probe's input)."""
   _, aux = model.apply(variables, points, colors, point_mask, train=False)
   return aux["features"]
@@ -526,7 +408,7 @@ def spread_confusion(scenes: Sequence[EvalScene], block_predictions: dict[tuple[
   return confusion
 
 
-def evaluate(model: pointnet2.PointModel, variables: dict, scenes: Sequence[EvalScene], *,
+def evaluate(model: student_lib.PointModel, variables: dict, scenes: Sequence[EvalScene], *,
              batch_size: int, num_classes: int = labels_lib.NUM_CLASSES) -> np.ndarray:
   """Labels every point of the prepared scenes; returns the [C, C] confusion matrix."""
   fn = functools.partial(predict, variables, model=model)
@@ -538,7 +420,7 @@ def evaluate(model: pointnet2.PointModel, variables: dict, scenes: Sequence[Eval
 # ---------------------------------------------------------------------------------------------
 
 
-def drawn_features(model: pointnet2.PointModel, variables: dict, scenes: Sequence[EvalScene],
+def drawn_features(model: student_lib.PointModel, variables: dict, scenes: Sequence[EvalScene],
                    batch_size: int) -> tuple[np.ndarray, np.ndarray]:
   """Frozen backbone features and labels of every drawn (unpadded) point of `scenes`' blocks.
 
@@ -557,7 +439,8 @@ def drawn_features(model: pointnet2.PointModel, variables: dict, scenes: Sequenc
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "optimizer"))
 def fit_linear_probe(features: jax.Array, labels: jax.Array, batches: jax.Array, *,
-                     num_classes: int, optimizer: OptimizerConfig) -> tuple[dict, jax.Array]:
+                     num_classes: int,
+                     optimizer: state_lib.OptimizerConfig) -> tuple[dict, jax.Array]:
   """Softmax regression on standardised features, minibatch steps under one `lax.scan`.
 
   Args:
@@ -579,7 +462,7 @@ def fit_linear_probe(features: jax.Array, labels: jax.Array, batches: jax.Array,
   scale = jax.lax.rsqrt(var + 1e-6)
   params = {"kernel": jnp.zeros((features.shape[1], num_classes)),
             "bias": jnp.zeros((num_classes,))}
-  tx = make_optimizer(optimizer)
+  tx = state_lib.make_optimizer(optimizer)
 
   def loss_fn(params, rows):
     x = (features[rows] - mean) * scale
@@ -604,7 +487,7 @@ def probe_logits(probe: dict, features: jax.Array) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("model",))
 def probe_predict(variables: dict, probe: dict, points: jax.Array, colors: jax.Array,
-                  point_mask: jax.Array, *, model: pointnet2.PointModel) -> jax.Array:
+                  point_mask: jax.Array, *, model: student_lib.PointModel) -> jax.Array:
   """Class predictions int32 [B, N] of the fitted probe on the frozen backbone."""
   features = backbone_features(variables, points, colors, point_mask, model=model)
   return jnp.argmax(probe_logits(probe, features), -1).astype(jnp.int32)
@@ -618,35 +501,22 @@ def probe_predict(variables: dict, probe: dict, points: jax.Array, colors: jax.A
 def _finetune(config, model, variables, train_scenes, crop, optimizer, key, workdir,
               progress) -> dict[str, Any]:
   """The fine-tuning loop; returns the logged curve and the final "variables"."""
-  tx = make_optimizer(optimizer)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                     batch_stats=variables.get("batch_stats", {}),
-                     opt_state=tx.init(variables["params"]))
-  history = {"step": [], "loss": [], "accuracy": []}
-  log = open(os.path.join(workdir, "metrics.jsonl"), "w") if workdir is not None else None
-  bar = tqdm.tqdm(range(config.total_steps), disable=not progress,
-                  desc=f"finetune {config.labels.fraction:g}", leave=False)
-  try:
-    for step in bar:
-      batch = training_batch(train_scenes, config.seed, step, config.batch_size, crop)
-      state, step_metrics = train_step(state, batch, jax.random.fold_in(key, step + 1),
-                                       model=model, optimizer=optimizer)
-      if (step + 1) % config.log_every == 0 or step + 1 == config.total_steps:
-        step_metrics = {k: float(v) for k, v in step_metrics.items()}
-        if not np.isfinite(step_metrics["loss"]):
-          raise FloatingPointError(f"non-finite loss {step_metrics['loss']} at step {step + 1}")
-        for k in ("loss", "accuracy"):
-          history[k].append(step_metrics[k])
-        history["step"].append(step + 1)
-        bar.set_postfix(loss=f"{step_metrics['loss']:.3f}")
-        if log is not None:
-          log.write(json.dumps({"step": step + 1, **step_metrics}) + "\n")
-  finally:
-    bar.close()
-    if log is not None:
-      log.close()
-  history["variables"] = {"params": state.params, "batch_stats": state.batch_stats}
-  return jax.block_until_ready(history)
+  tx = state_lib.make_optimizer(optimizer)
+  # Batches and dropout keys depend on the step alone, so a resumed run continues bitwise.
+  batches = lambda start: ((training_batch(train_scenes, config.seed, step, config.batch_size,
+                                           crop), jax.random.fold_in(key, step + 1))
+                           for step in itertools.count(start))
+  step = lambda state, batch_key: train_step(state, *batch_key, model=model, optimizer=optimizer)
+  init = lambda: state_lib.TrainState.create(variables, tx)
+  result = loop.run(
+      workdir=workdir, total_steps=config.total_steps, init=init,
+      abstract_state=loop.abstract_state(init), step=step,
+      batches=batches, log_every=config.log_every, desc=f"finetune {config.labels.fraction:g}",
+      progress=progress, leave=False)
+  history = {k: [r[k] for r in result.records] for k in ("step", "loss", "accuracy")}
+  history["variables"] = {"params": result.state.params,
+                          "batch_stats": result.state.batch_stats}
+  return history
 
 
 def _linear_probe(config, model, variables, tiles, crop, optimizer, workdir) -> dict[str, Any]:
@@ -692,17 +562,6 @@ def crop_config(config: ml_collections.ConfigDict) -> CropConfig:
                     jitter_clip=c.jitter_clip, colors=c.colors)
 
 
-def optimizer_config(config: ml_collections.ConfigDict) -> OptimizerConfig:
-  o = config.optimizer
-  return OptimizerConfig(name=o.name, learning_rate=o.learning_rate,
-                         weight_decay=o.weight_decay, momentum=o.momentum,
-                         warmup_steps=o.warmup_steps, total_steps=config.total_steps)
-
-
-def _json_float(x: float) -> float | None:
-  return None if not np.isfinite(x) else float(x)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = None, *,
                        data: SceneData | None = None,
                        template: ml_collections.ConfigDict | None = None,
@@ -726,11 +585,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
   # Setup.
   start_time = time.perf_counter()
   if template is not None:
-    trainer.check_config(config, template)
+    config_lib.check_config(config, template)
   if config.mode not in MODES:
     raise ValueError(f"unknown mode {config.mode!r}; expected one of {MODES}")
   crop = crop_config(config)
-  optimizer = optimizer_config(config)
+  optimizer = state_lib.OptimizerConfig.from_config(config.optimizer, config.total_steps)
 
   # Data.
   if data is None:
@@ -752,7 +611,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
   variables = init_variables(model, jax.random.fold_in(key, 0), crop.num_points)
   init_step = None
   if config.init.checkpoint:
-    variables, init_step = load_student_backbone(config.init.checkpoint, model, variables)
+    variables, init_step = checkpoints.load_student_backbone(config.init.checkpoint, model,
+                                                             variables)
   elif config.mode == "linear_probe":
     logging.warning("linear probe of a randomly initialised backbone (init.checkpoint is empty)")
 
@@ -786,11 +646,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
       "num_train_scenes": len(data.train),
       "num_val_scenes": len(data.val),
       "steps": config.total_steps,
-      "miou": _json_float(scores["miou"]),
-      "macc": _json_float(scores["macc"]),
-      "oa": _json_float(scores["oa"]),
-      "per_class_iou": {n: _json_float(v) for n, v in zip(names, scores["iou"])},
-      "per_class_acc": {n: _json_float(v) for n, v in zip(names, scores["acc"])},
+      "miou": loop.json_float(scores["miou"]),
+      "macc": loop.json_float(scores["macc"]),
+      "oa": loop.json_float(scores["oa"]),
+      "per_class_iou": {n: loop.json_float(v) for n, v in zip(names, scores["iou"])},
+      "per_class_acc": {n: loop.json_float(v) for n, v in zip(names, scores["acc"])},
       "iou_table": metrics_lib.iou_table(scores, names),
       "confusion": confusion.tolist(),
       "eval_points": int(confusion.sum()),

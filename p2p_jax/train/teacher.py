@@ -29,57 +29,27 @@ same variant.
 
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import time
-from collections.abc import Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import tqdm
 from PIL import Image
 
 from p2p_jax import metrics as metrics_lib
 from p2p_jax.data import labels as labels_lib
 from p2p_jax.data import pipeline, teacher_frames
 from p2p_jax.models import convert, resnet
-from p2p_jax.train import ppkt, trainer
-
-
-class SegmentationNet(nn.Module):
-  """A ResNet with per-pixel class logits from 1x1 convolutions on some of its stages.
-
-  Params are {"backbone": the ResNet's, "head_<layer>": ...}, so the backbone's variables
-  are saved alone in the teacher checkpoint format.
-
-  Attributes:
-    backbone: a `resnet.ResNet`.
-    num_classes: output classes.
-    head_layers: the stages read by the head, e.g. ("layer4",) or ("layer4", "layer3").
-  """
-  backbone: nn.Module
-  num_classes: int = labels_lib.NUM_CLASSES
-  head_layers: Sequence[str] = ("layer4",)
-
-  @nn.compact
-  def __call__(self, images: jax.Array, *, train: bool = False):
-    """Args: images [B, H, W, 3] normalised (`resnet.preprocess`).
-
-    Returns:
-      (logits [B, H, W, num_classes], the backbone's aux).
-    """
-    _, aux = self.backbone(images, train=train)
-    out_shape = images.shape[:3] + (self.num_classes,)
-    logits = 0.0
-    for layer in self.head_layers:
-      x = nn.Conv(self.num_classes, (1, 1), name=f"head_{layer}")(aux[layer])
-      logits = logits + jax.image.resize(x, out_shape, "bilinear")
-    return logits, aux
+from p2p_jax.models.segmentation_2d import SegmentationNet
+from p2p_jax.train import config as config_lib
+from p2p_jax.train import loop
+from p2p_jax.train import state as state_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,9 +156,6 @@ def eval_frames(frames: dict[str, np.ndarray], hw: tuple[int, int]) -> dict[str,
 # ---------------------------------------------------------------------------------------------
 
 
-TrainState = ppkt.TrainState
-
-
 def pixel_cross_entropy(logits: jax.Array, labels: jax.Array,
                         class_weights: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """Cross-entropy and pixel accuracy over labelled pixels (labels != IGNORE_LABEL).
@@ -232,9 +199,10 @@ def class_weights(labels: np.ndarray, power: float,
 
 
 @functools.partial(jax.jit, static_argnames=("model", "tx"), donate_argnums=(0,))
-def train_step(state: TrainState, batch: dict[str, jax.Array], weights: jax.Array, *,
+def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array], weights: jax.Array, *,
                model: SegmentationNet,
-               tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
+               tx: optax.GradientTransformation,
+               ) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
   """One step on a batch of uint8 images and int32 labels, with [C] class weights."""
 
   def loss_fn(params):
@@ -246,9 +214,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], weights: jax.Arra
 
   (loss, (batch_stats, accuracy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                            batch_stats=batch_stats, opt_state=opt_state)
+  new_state, _ = state.apply_gradients(grads, batch_stats, tx)
   return new_state, {"loss": loss, "pixel_accuracy": accuracy}
 
 
@@ -292,10 +258,6 @@ def make_model(config: ml_collections.ConfigDict) -> SegmentationNet:
   return SegmentationNet(resnet.VARIANTS[config.arch](), head_layers=tuple(config.head_layers))
 
 
-def _json_float(x: float) -> float | None:
-  return None if not np.isfinite(x) else float(x)
-
-
 def train(config: ml_collections.ConfigDict, workdir: str, *,
           template: ml_collections.ConfigDict | None = None,
           progress: bool = True) -> dict[str, Any]:
@@ -318,7 +280,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   # Setup.
   start_time = time.perf_counter()
   if template is not None:
-    trainer.check_config(config, template)
+    config_lib.check_config(config, template)
   if config.eval_every and config.eval_every % config.log_every:
     raise ValueError(f"eval_every={config.eval_every} must be a multiple of log_every="
                      f"{config.log_every}: the held-out mIoU is measured on logged steps")
@@ -339,43 +301,35 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     backbone = convert.load_teacher_checkpoint(config.init_checkpoint, model.backbone)
     variables = {"params": {**variables["params"], "backbone": backbone["params"]},
                  "batch_stats": {"backbone": backbone["batch_stats"]}}
-  o = config.optimizer
-  tx = ppkt.make_optimizer(o.name, learning_rate=o.learning_rate, weight_decay=o.weight_decay,
-                           total_steps=config.total_steps, warmup_steps=o.warmup_steps,
-                           momentum=o.momentum)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                     batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]))
+  tx = state_lib.make_optimizer(
+      state_lib.OptimizerConfig.from_config(config.optimizer, config.total_steps))
 
   weights = (class_weights(frames["train"]["label"], config.class_weight_power)
              if config.class_weight_power else None)
 
-  # Loop.
-  history = {"step": [], "loss": [], "pixel_accuracy": [], "holdout_miou": []}
+  # Loop. Batches depend on the step alone, so a resumed run continues bitwise.
   last_eval = None  # (step, held-out confusion matrix)
-  train_start = time.perf_counter()
-  with open(os.path.join(workdir, "metrics.jsonl"), "w") as log:
-    for step in tqdm.tqdm(range(config.total_steps), disable=not progress, desc="teacher"):
-      batch = training_batch(frames["train"], config.seed, step, config.batch_size, augment)
-      state, step_metrics = train_step(state, batch, weights, model=model, tx=tx)
-      if (step + 1) % config.log_every == 0 or step + 1 == config.total_steps:
-        step_metrics = {k: float(v) for k, v in step_metrics.items()}
-        if not np.isfinite(step_metrics["loss"]):
-          raise FloatingPointError(f"non-finite loss {step_metrics['loss']} at step {step + 1}")
-        if config.eval_every and (step + 1) % config.eval_every == 0:
-          # The held-out curve; its cost is left out of the training time.
-          eval_start = time.perf_counter()
-          last_eval = (step + 1, evaluate(
-              model, {"params": state.params, "batch_stats": state.batch_stats}, holdout,
-              config.eval_batch_size))
-          step_metrics["holdout_miou"] = metrics_lib.segmentation_scores(last_eval[1])["miou"]
-          train_start += time.perf_counter() - eval_start
-        history["step"].append(step + 1)
-        for k in ("loss", "pixel_accuracy", "holdout_miou"):
-          history[k].append(step_metrics.get(k))
-        log.write(json.dumps({"step": step + 1, **step_metrics}) + "\n")
-        log.flush()
-  jax.block_until_ready(state)
-  train_seconds = time.perf_counter() - train_start
+
+  def held_out(step, metrics, state):
+    nonlocal last_eval
+    if not (config.eval_every and step % config.eval_every == 0):
+      return {}
+    last_eval = (step, evaluate(model, {"params": state.params, "batch_stats": state.batch_stats},
+                                holdout, config.eval_batch_size))
+    return {"holdout_miou": metrics_lib.segmentation_scores(last_eval[1])["miou"]}
+
+  init = lambda: state_lib.TrainState.create(variables, tx)
+  result = loop.run(
+      workdir=workdir, total_steps=config.total_steps, init=init,
+      abstract_state=loop.abstract_state(init),
+      step=lambda state, batch: train_step(state, batch, weights, model=model, tx=tx),
+      batches=lambda start: (training_batch(frames["train"], config.seed, step,
+                                            config.batch_size, augment)
+                             for step in itertools.count(start)),
+      log_every=config.log_every, on_log=held_out, desc="teacher", progress=progress)
+  state, train_seconds = result.state, result.seconds
+  history = {k: [r.get(k) for r in result.records]
+             for k in ("step", "loss", "pixel_accuracy", "holdout_miou")}
 
   # Evaluation and checkpoint.
   variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -390,10 +344,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   results = {
       "checkpoint": checkpoint,
       "arch": config.arch,
-      "pixel_accuracy": _json_float(scores["oa"]),
-      "miou": _json_float(scores["miou"]),
-      "macc": _json_float(scores["macc"]),
-      "per_class_iou": {n: _json_float(v) for n, v in zip(names, scores["iou"])},
+      "pixel_accuracy": loop.json_float(scores["oa"]),
+      "miou": loop.json_float(scores["miou"]),
+      "macc": loop.json_float(scores["macc"]),
+      "per_class_iou": {n: loop.json_float(v) for n, v in zip(names, scores["iou"])},
       "iou_table": metrics_lib.iou_table(scores, names),
       "train_scenes": frames["train"]["scenes"],
       "holdout_scenes": frames["holdout"]["scenes"],

@@ -1,7 +1,8 @@
-"""The schema and defaults every pretraining config starts from (PPKT's paper values).
+"""Pretraining (`p2p_jax.train.pretrain`): the schema and PPKT's paper defaults.
 
-`base()` is also the template the trainer checks configs against: a key that is not here is
-an error, so a typo cannot silently fall back to a default.
+`base()` is also the template a run's config is checked against: a key that is not here is an
+error, so a typo cannot silently fall back to a default. `shrink_for_cpu` is the `runlocal`
+variant of any pretraining experiment.
 """
 
 import math
