@@ -29,6 +29,7 @@ from ml_collections import config_flags
 
 from experiments.configs import demo as demo_config
 from p2p_jax.data import prepare, synthetic
+from p2p_jax.tasks import segmentation
 from p2p_jax.train import config as config_lib
 from p2p_jax.train import finetune, pretrain, teacher
 
@@ -122,7 +123,7 @@ def study_runs(c: ml_collections.ConfigDict) -> list[dict[str, Any]]:
 
 
 def run_study(c, configs, workdir, checkpoints) -> list[dict[str, Any]]:
-  data = finetune.load_data(configs["finetune"])
+  data = segmentation.load_data(configs["finetune"])
   results = []
   runs = study_runs(c)
   for i, run in enumerate(runs):

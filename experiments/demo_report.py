@@ -26,7 +26,7 @@ from p2p_jax import geometry, viz
 from p2p_jax.data import labels as labels_lib
 from p2p_jax.data import pipeline
 from p2p_jax.models import convert, resnet
-from p2p_jax.train import finetune
+from p2p_jax.tasks import segmentation
 
 NAMES = {"scratch": "scratch", "pointcontrast": "PointContrast", "ppkt": "PPKT"}
 
@@ -197,8 +197,8 @@ def plot_curves(path: str, c, workdir: str, teacher_result, runs) -> None:
 def _backbones(configs, checkpoints, inits):
   """Each init's backbone as a function (points, colors, mask) -> features."""
   f = configs["finetune"]
-  model = finetune.make_model(f.student, "linear_probe")
-  variables = finetune.init_variables(model, jax.random.key(f.seed), f.crop.num_points)
+  model = segmentation.make_model(f.student, "linear_probe")
+  variables = segmentation.init_variables(model, jax.random.key(f.seed), f.crop.num_points)
   out = {}
   for init in inits:
     v = variables
@@ -256,9 +256,9 @@ def feature_pictures(results_dir, c, configs, workdir, checkpoints) -> list[str]
 
   # A whole val scene: per-cell blocks as in evaluation, features spread to every point.
   f = configs["finetune"]
-  scene = finetune.load_split(f.data, "val")[0]
-  crop = finetune.crop_config(f)
-  prepared = finetune.prepare_eval_scene(scene, crop)
+  scene = segmentation.load_split(f.data, "val")[0]
+  crop = segmentation.crop_config(f)
+  prepared = segmentation.prepare_eval_scene(scene, crop)
   panels = [("RGB", None)]
   scene_feats = {}
   for init, backbone in backbones.items():

@@ -12,7 +12,8 @@ from flax import traverse_util
 
 from p2p_jax import checkpoints
 from p2p_jax.models import pointnet2, student
-from p2p_jax.train import finetune, parallel
+from p2p_jax.tasks import segmentation
+from p2p_jax.train import parallel
 
 
 def save_student(workdir, variables, step=7):
@@ -37,8 +38,8 @@ def pretrained_student(seed=5):
 def test_loading_a_pretraining_checkpoint_fills_the_backbone_and_keeps_a_fresh_head(tmp_path):
   saved = pretrained_student()
   save_student(str(tmp_path), saved)
-  model = finetune.make_model("pointnet2_tiny", "finetune", head_hidden=8)
-  fresh = finetune.init_variables(model, jax.random.key(0), 128)
+  model = segmentation.make_model("pointnet2_tiny", "finetune", head_hidden=8)
+  fresh = segmentation.init_variables(model, jax.random.key(0), 128)
   for path in (str(tmp_path), str(tmp_path / "checkpoints"), str(tmp_path / "checkpoints" / "7")):
     loaded, step = checkpoints.load_student_backbone(path, model, fresh)
     assert step == 7
@@ -60,8 +61,8 @@ def test_a_mismatched_checkpoint_names_every_problem(tmp_path):
       (3, 5))
   flat["batch_stats", "backbone", "sa9", "mean"] = jnp.zeros(4)
   save_student(str(tmp_path), traverse_util.unflatten_dict(flat))
-  model = finetune.make_model("pointnet2_tiny", "linear_probe")
-  fresh = finetune.init_variables(model, jax.random.key(0), 128)
+  model = segmentation.make_model("pointnet2_tiny", "linear_probe")
+  fresh = segmentation.init_variables(model, jax.random.key(0), 128)
   with pytest.raises(ValueError) as error:
     checkpoints.load_student_backbone(str(tmp_path), model, fresh)
   message = str(error.value)

@@ -13,12 +13,13 @@ import test_checkpoints
 
 from experiments.configs import finetune_synthetic
 from p2p_jax.configs import finetune as finetune_schema
+from p2p_jax.tasks import segmentation
 from p2p_jax.train import finetune
 from p2p_jax.train import state as state_lib
 from p2p_jax.train.config import check_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CROP = finetune.CropConfig(num_points=128, size=1.0)
+CROP = segmentation.CropConfig(num_points=128, size=1.0)
 OPTIMIZER = state_lib.OptimizerConfig(learning_rate=1e-2, total_steps=10)
 
 
@@ -33,17 +34,17 @@ def test_every_config_builds_and_has_only_known_keys():
 def test_label_subsets_are_nested_and_fixed_by_the_seed():
   names = [f"scene{i:04d}_00" for i in range(40)]
   fractions = (0.01, 0.05, 0.1, 0.25, 1.0)
-  subsets = [finetune.labelled_subset(names, f, seed=3) for f in fractions]
+  subsets = [segmentation.labelled_subset(names, f, seed=3) for f in fractions]
   assert [len(s) for s in subsets] == [1, 2, 4, 10, 40]
   for small, large in zip(subsets, subsets[1:]):
     assert set(small) < set(large)
   assert subsets[-1] == names
   # The order the scenes come in does not matter; the seed does.
-  assert finetune.labelled_subset(names[::-1], 0.25, seed=3) == subsets[3]
-  assert finetune.labelled_subset(names, 0.25, seed=4) != subsets[3]
-  assert len(finetune.labelled_subset(names[:3], 0.01, seed=0)) == 1
+  assert segmentation.labelled_subset(names[::-1], 0.25, seed=3) == subsets[3]
+  assert segmentation.labelled_subset(names, 0.25, seed=4) != subsets[3]
+  assert len(segmentation.labelled_subset(names[:3], 0.01, seed=0)) == 1
   with pytest.raises(ValueError, match="label fraction"):
-    finetune.labelled_subset(names, 0.0, seed=0)
+    segmentation.labelled_subset(names, 0.0, seed=0)
 
 
 def make_scene(num_points=3000, seed=0, size=(3.5, 2.2)):
@@ -56,17 +57,17 @@ def make_scene(num_points=3000, seed=0, size=(3.5, 2.2)):
 
 def test_crops_have_fixed_shapes_and_masks():
   scene = make_scene()
-  crop = finetune.sample_crop(scene, np.random.default_rng(0), CROP)
+  crop = segmentation.sample_crop(scene, np.random.default_rng(0), CROP)
   assert crop["points"].shape == (128, 3) and crop["point_mask"].all()
   assert np.abs(crop["points"][:, :2]).max() <= 1.1 * CROP.size / 2 * np.sqrt(2) + 0.03
   sparse = make_scene(num_points=40)
-  crop = finetune.sample_crop(sparse, np.random.default_rng(0), CROP)
+  crop = segmentation.sample_crop(sparse, np.random.default_rng(0), CROP)
   count = crop["point_mask"].sum()
   assert 0 < count < 40
   assert (crop["labels"][count:] == -1).all() and (crop["points"][count:] == 0).all()
   assert crop["colors"].max() <= 1.0
-  batch = finetune.training_batch([scene, sparse], 7, 3, 4, CROP)
-  again = finetune.training_batch([scene, sparse], 7, 3, 4, CROP)
+  batch = segmentation.training_batch([scene, sparse], 7, 3, 4, CROP)
+  again = segmentation.training_batch([scene, sparse], 7, 3, 4, CROP)
   assert batch["points"].shape == (4, 128, 3)
   for key in batch:
     np.testing.assert_array_equal(batch[key], again[key])
@@ -74,8 +75,8 @@ def test_crops_have_fixed_shapes_and_masks():
 
 def test_crops_without_colours_are_grey_with_the_same_points_and_labels():
   scene = make_scene(num_points=100)
-  crop = finetune.sample_crop(scene, np.random.default_rng(5), CROP)
-  grey = finetune.sample_crop(scene, np.random.default_rng(5),
+  crop = segmentation.sample_crop(scene, np.random.default_rng(5), CROP)
+  grey = segmentation.sample_crop(scene, np.random.default_rng(5),
                               dataclasses.replace(CROP, colors=False))
   mask = crop["point_mask"]
   assert 0 < mask.sum() < 100
@@ -88,13 +89,13 @@ def test_crops_without_colours_are_grey_with_the_same_points_and_labels():
   np.testing.assert_array_equal(grey["colors"][~mask], 0.0)
   for key in ("points", "labels", "point_mask"):
     np.testing.assert_array_equal(grey[key], crop[key])
-  block = finetune.prepare_eval_scene(scene, dataclasses.replace(CROP, colors=False)).blocks[0]
+  block = segmentation.prepare_eval_scene(scene, dataclasses.replace(CROP, colors=False)).blocks[0]
   np.testing.assert_array_equal(block["colors"][block["point_mask"]], 0.5)
 
 
 def test_evaluation_cells_cover_every_point_once():
   scene = make_scene(num_points=5000)
-  prepared = finetune.prepare_eval_scene(scene, CROP)
+  prepared = segmentation.prepare_eval_scene(scene, CROP)
   assert len(prepared.blocks) == 4 * 3  # ceil(3.5 / 1) x ceil(2.2 / 1) cells
   members = np.concatenate(prepared.cells)
   np.testing.assert_array_equal(np.sort(members), np.arange(5000))
@@ -119,10 +120,10 @@ def test_linear_probe_runs_on_cached_features_of_the_frozen_backbone(tmp_path):
   config.crop.num_points = 128
   config.crop.size = 1.0
   config.init.checkpoint = str(tmp_path / "pretrain")
-  crop = finetune.crop_config(config)
+  crop = segmentation.crop_config(config)
   train = [make_scene(seed=i) for i in range(3)]
-  val = [finetune.prepare_eval_scene(make_scene(seed=9), crop)]
-  data = finetune.SceneData(train=train, val=val, crop=crop)
+  val = [segmentation.prepare_eval_scene(make_scene(seed=9), crop)]
+  data = segmentation.SceneData(train=train, val=val, crop=crop)
   results = finetune.train_and_evaluate(config, str(tmp_path / "probe"), data=data,
                                         progress=False)
   assert results["mode"] == "linear_probe" and results["init_step"] == 7

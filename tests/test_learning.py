@@ -13,7 +13,9 @@ from p2p_jax.data import labels as labels_lib
 from p2p_jax.data import synthetic
 from p2p_jax.models import resnet
 from p2p_jax.models.segmentation_2d import SegmentationNet
+from p2p_jax.tasks import segmentation
 from p2p_jax.train import finetune, teacher
+from p2p_jax.train import probe as probe_lib
 from p2p_jax.train import state as state_lib
 
 
@@ -33,16 +35,16 @@ def structured_scene(num_points=256, seed=0):
 
 
 def test_the_student_overfits_one_tiny_scene():
-  crop = finetune.CropConfig(num_points=256, size=4.0, max_rotation=0.0, scale_range=(1, 1),
+  crop = segmentation.CropConfig(num_points=256, size=4.0, max_rotation=0.0, scale_range=(1, 1),
                              jitter_sigma=0.0)
   optimizer = state_lib.OptimizerConfig(learning_rate=1e-2, total_steps=120)
-  model = finetune.make_model("pointnet2_tiny", "finetune", head_hidden=32, head_dropout=0.0)
-  variables = finetune.init_variables(model, jax.random.key(0), crop.num_points)
+  model = segmentation.make_model("pointnet2_tiny", "finetune", head_hidden=32, head_dropout=0.0)
+  variables = segmentation.init_variables(model, jax.random.key(0), crop.num_points)
   state = state_lib.TrainState.create(variables, state_lib.make_optimizer(optimizer))
   scenes = [structured_scene()]
   accuracy = []
   for step in range(optimizer.total_steps):
-    batch = finetune.training_batch(scenes, 0, step, 2, crop)
+    batch = segmentation.training_batch(scenes, 0, step, 2, crop)
     state, m = finetune.train_step(state, batch, jax.random.key(step), model=model,
                                    optimizer=optimizer)
     accuracy.append(float(m["accuracy"]))
@@ -81,11 +83,11 @@ def test_a_perfect_prediction_scores_100_and_spreading_is_exact_when_every_point
   scene = structured_scene(num_points=900, seed=3)
   scene["labels"][::7] = labels_lib.IGNORE_LABEL
   # Every cell holds at most 1024 points, so every point is drawn.
-  crop = finetune.CropConfig(num_points=1024, size=1.0)
-  prepared = finetune.prepare_eval_scene(scene, crop)
+  crop = segmentation.CropConfig(num_points=1024, size=1.0)
+  prepared = segmentation.prepare_eval_scene(scene, crop)
   assert all(b["point_mask"].sum() == len(c) for b, c in zip(prepared.blocks, prepared.cells))
   truth = {(0, j): b["labels"].clip(0) for j, b in enumerate(prepared.blocks)}
-  confusion = finetune.spread_confusion([prepared], truth)
+  confusion = segmentation.spread_confusion([prepared], truth)
   assert confusion.sum() == (scene["labels"] >= 0).sum()
   assert np.count_nonzero(confusion - np.diag(np.diag(confusion))) == 0
   scores = metrics.segmentation_scores(confusion)
@@ -93,17 +95,17 @@ def test_a_perfect_prediction_scores_100_and_spreading_is_exact_when_every_point
   # A wrong class on one block's points costs exactly those points.
   wrong = dict(truth)
   wrong[0, 0] = np.where(prepared.blocks[0]["point_mask"], 7, 0)
-  bad = finetune.spread_confusion([prepared], wrong)
+  bad = segmentation.spread_confusion([prepared], wrong)
   lost = (scene["labels"][prepared.cells[0]] >= 0) & (scene["labels"][prepared.cells[0]] != 7)
   assert np.trace(bad) == np.trace(confusion) - lost.sum()
 
 
 def test_the_cached_probe_reads_the_backbone_features_of_every_drawn_point():
-  crop = finetune.CropConfig(num_points=128, size=1.0)
-  model = finetune.make_model("pointnet2_tiny", "linear_probe")
-  variables = finetune.init_variables(model, jax.random.key(1), crop.num_points)
-  scenes = [finetune.prepare_eval_scene(structured_scene(300, seed=s), crop) for s in (0, 1)]
-  features, labels = finetune.drawn_features(model, variables, scenes, batch_size=3)
+  crop = segmentation.CropConfig(num_points=128, size=1.0)
+  model = segmentation.make_model("pointnet2_tiny", "linear_probe")
+  variables = segmentation.init_variables(model, jax.random.key(1), crop.num_points)
+  scenes = [segmentation.prepare_eval_scene(structured_scene(300, seed=s), crop) for s in (0, 1)]
+  features, labels = probe_lib.drawn_features(model, variables, scenes, batch_size=3)
   expected_f, expected_l = [], []
   for s in scenes:  # one block at a time, straight through the model
     for b in s.blocks:
@@ -124,9 +126,9 @@ def test_the_linear_probe_separates_separable_features_and_ignores_unlabelled_po
   features[:500] = centres[0] + 10
   batches = rng.integers(500, 4000, (200, 256)).astype(np.int32)
   optimizer = state_lib.OptimizerConfig(learning_rate=0.05, total_steps=200)
-  probe, losses = finetune.fit_linear_probe(features, labels, batches, num_classes=20,
-                                            optimizer=optimizer)
-  predicted = np.argmax(np.asarray(finetune.probe_logits(probe, features[500:])), -1)
+  probe, losses = probe_lib.fit_linear_probe(features, labels, batches, num_classes=20,
+                                             optimizer=optimizer)
+  predicted = np.argmax(np.asarray(probe_lib.probe_logits(probe, features[500:])), -1)
   assert (predicted == labels[500:]).mean() > 0.99
   assert float(losses[-1]) < 0.1 * float(losses[0])
   # Standardisation uses the labelled points only.

@@ -16,6 +16,7 @@ from p2p_jax.configs import teacher as teacher_schema
 from p2p_jax.data import teacher_frames
 from p2p_jax.models import convert, resnet
 from p2p_jax.models.segmentation_2d import SegmentationNet
+from p2p_jax.tasks import segmentation
 from p2p_jax.train import teacher
 from p2p_jax.train.config import check_config
 
@@ -126,8 +127,8 @@ def test_class_weights_are_median_frequency_balancing_by_hand():
   logits = jnp.asarray(np.random.default_rng(0).normal(size=(14, 4)), jnp.float32)
   per_pixel = -jax.nn.log_softmax(logits)[np.arange(14), np.clip(labels, 0, None)]
   w = np.array([0.5, 1.0, 3.0, 0.0])[np.clip(labels, 0, None)] * (labels >= 0)
-  loss, accuracy = teacher.pixel_cross_entropy(logits, jnp.asarray(labels),
-                                               jnp.asarray([0.5, 1.0, 3.0, 0.0]))
+  loss, accuracy = segmentation.cross_entropy(
+      logits, jnp.asarray(labels), class_weights=jnp.asarray([0.5, 1.0, 3.0, 0.0]))
   np.testing.assert_allclose(loss, np.sum(w * per_pixel) / w.sum(), rtol=1e-5)
   assert accuracy == np.mean(np.argmax(logits[:10], -1) == labels[:10])
   with pytest.raises(ValueError, match="no labelled pixel"):

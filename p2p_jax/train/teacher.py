@@ -47,6 +47,7 @@ from p2p_jax.data import labels as labels_lib
 from p2p_jax.data import pipeline, teacher_frames
 from p2p_jax.models import convert, resnet
 from p2p_jax.models.segmentation_2d import SegmentationNet
+from p2p_jax.tasks import segmentation
 from p2p_jax.train import config as config_lib
 from p2p_jax.train import loop
 from p2p_jax.train import state as state_lib
@@ -156,30 +157,6 @@ def eval_frames(frames: dict[str, np.ndarray], hw: tuple[int, int]) -> dict[str,
 # ---------------------------------------------------------------------------------------------
 
 
-def pixel_cross_entropy(logits: jax.Array, labels: jax.Array,
-                        class_weights: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-  """Cross-entropy and pixel accuracy over labelled pixels (labels != IGNORE_LABEL).
-
-  Args:
-    logits: [..., C].
-    labels: [...] int.
-    class_weights: optional [C] weight of each class's pixels; the loss is then the weighted
-      mean (sum of w_label x CE over sum of w_label), so the weights' scale does not matter.
-
-  Returns:
-    (loss, unweighted pixel accuracy).
-  """
-  valid = labels != labels_lib.IGNORE_LABEL
-  safe = jnp.where(valid, labels, 0)
-  per_pixel = optax.softmax_cross_entropy_with_integer_labels(logits, safe)
-  weight = valid.astype(per_pixel.dtype)
-  if class_weights is not None:
-    weight = weight * class_weights[safe]
-  correct = (jnp.argmax(logits, -1) == labels) & valid
-  return (jnp.sum(weight * per_pixel) / jnp.maximum(jnp.sum(weight), 1e-9),
-          jnp.sum(correct) / jnp.maximum(jnp.sum(valid), 1))
-
-
 def class_weights(labels: np.ndarray, power: float,
                   num_classes: int = labels_lib.NUM_CLASSES) -> np.ndarray:
   """Per-class loss weights (median frequency / frequency) ** power of the labelled pixels.
@@ -209,7 +186,7 @@ def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array], weights
     (logits, _), updates = model.apply(
         {"params": params, "batch_stats": state.batch_stats}, resnet.preprocess(batch["image"]),
         train=True, mutable=["batch_stats"])
-    loss, accuracy = pixel_cross_entropy(logits, batch["label"], weights)
+    loss, accuracy = segmentation.cross_entropy(logits, batch["label"], class_weights=weights)
     return loss, (updates["batch_stats"], accuracy)
 
   (loss, (batch_stats, accuracy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(

@@ -1,0 +1,7 @@
+"""Downstream tasks of the pretrained 3D student, one module each: its data, its model heads
+and its evaluator.
+
+    segmentation   3D semantic segmentation of scene point clouds (ScanNet-20 classes)
+
+A new task (e.g. detection) is one new file here; its training run lives in `p2p_jax.train`.
+"""
