@@ -46,7 +46,7 @@ def main(argv=None):
                        seed=0, val_fraction=0.0)
     build_frames(f"{tmp}/rooms", f"{tmp}/tfds", config="skip1")
     source = load_frames(f"{tmp}/tfds", "train", config="skip1")
-    layer4_fn = teacher_cache.teacher_features(teacher, teacher_vars)
+    layer4_fn = ppkt.teacher_features(teacher, teacher_vars)
     layer4_fn(np.zeros((8, 240, 320, 3), np.uint8)).block_until_ready()  # compile
     start = time.perf_counter()
     cache = teacher_cache.build_cache(

@@ -23,8 +23,10 @@ import numpy as np
 
 from p2p_jax import checkpoints as checkpoints_lib
 from p2p_jax import geometry, viz
+from p2p_jax.data import frames as frames_lib
 from p2p_jax.data import labels as labels_lib
 from p2p_jax.data import pipeline
+from p2p_jax.methods import ppkt
 from p2p_jax.models import convert, resnet
 from p2p_jax.tasks import segmentation
 
@@ -222,16 +224,19 @@ def feature_pictures(results_dir, c, configs, workdir, checkpoints) -> list[str]
   scene_name = frame["scene"].decode() if isinstance(frame["scene"], bytes) else frame["scene"]
   depth = np.asarray(frame["depth"])
   image = np.asarray(frame["image"], np.uint8)
-  cam_points, valid = geometry.back_project(jnp.asarray(depth),
-                                            jnp.asarray(frame["depth_intrinsics"]))
+  # As the pretraining pipeline reads a frame: its back-projection, and each point's colour
+  # through the colour camera (constant grey for a student trained on geometry alone).
+  pairs = ppkt.pair_config(p)
+  cam_points, valid = pairs.depth_range.back_project(jnp.asarray(depth),
+                                                     jnp.asarray(frame["depth_intrinsics"]))
+  geometry_fields = {k: jnp.asarray(frame[k]) for k in frames_lib.GEOMETRY_FIELDS}
+  pixels, _ = frames_lib.color_pixels(geometry_fields, cam_points)
+  all_colors = np.asarray(frames_lib.point_colors(jnp.asarray(image), pixels, pairs.colors))
   world = np.asarray(geometry.transform_points(jnp.asarray(frame["cam_to_world"]), cam_points))
-  valid = np.asarray(valid)
-  rows, cols = np.nonzero(valid)
+  rows, cols = np.nonzero(np.asarray(valid))
   points = world[rows, cols]
   points = points - np.array([*points[:, :2].mean(axis=0), 0.0], np.float32)
-  colors = image[rows, cols].astype(np.float32) / 255.0  # colour is at depth resolution
-  if not p.pairs.colors:
-    colors = np.full_like(colors, 0.5)  # the student was trained on geometry alone
+  colors = all_colors[rows, cols]
   mask = np.ones(len(points), bool)
 
   teacher_model = resnet.VARIANTS[c.teacher.arch]()

@@ -21,11 +21,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from p2p_jax.data import labels as labels_lib
+# The label of unlabelled points and pixels, everywhere (`p2p_jax.data.labels` re-exports it).
+IGNORE_LABEL = -1
+
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int, *,
-                     ignore_label: int = labels_lib.IGNORE_LABEL) -> np.ndarray:
+                     ignore_label: int = IGNORE_LABEL) -> np.ndarray:
   """Counts (ground truth, prediction) pairs.
 
   Args:
@@ -87,8 +89,7 @@ def segmentation_scores(confusion: np.ndarray) -> dict[str, object]:
   }
 
 
-def iou_table(scores: dict[str, object], class_names: Sequence[str] = labels_lib.SCANNET20_NAMES,
-              *, digits: int = 1) -> str:
+def iou_table(scores: dict[str, object], class_names: Sequence[str], *, digits: int = 1) -> str:
   """A Markdown table of per-class IoU and accuracy (in %), then the means.
 
   Args:

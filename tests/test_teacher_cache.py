@@ -29,7 +29,7 @@ def cache(tmp_path_factory):
   metadata = teacher_cache.cache_metadata(teacher="tiny", num_frames=len(frames), seed=0,
                                           config=VIEWS, checkpoint="random init")
   built = teacher_cache.build_cache(directory, frames,
-                                    teacher_cache.teacher_features(teacher, variables), VIEWS,
+                                    ppkt.teacher_features(teacher, variables), VIEWS,
                                     seed=0, metadata=metadata, batch_size=5, progress=False)
   return built, frames, teacher, variables, metadata
 

@@ -7,7 +7,7 @@ serves real and synthetic data.
 
 import numpy as np
 
-IGNORE_LABEL = -1
+from p2p_jax.metrics import IGNORE_LABEL
 
 # (NYU40 id, name) of the 20 ScanNet benchmark classes, in benchmark order.
 SCANNET20 = (

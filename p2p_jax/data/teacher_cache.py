@@ -32,7 +32,6 @@ import tqdm
 from array_record.python import array_record_data_source, array_record_module
 
 from p2p_jax.data import pipeline
-from p2p_jax.models import resnet
 
 FEATURES = "features.array_record"
 METADATA = "cache.json"
@@ -86,13 +85,6 @@ class TeacherCache:
   def __setstate__(self, state):
     self.__init__(state["directory"])
     self.metadata = state["metadata"]
-
-
-def teacher_features(teacher: resnet.ResNet, variables: Any,
-                     layer: str = "layer4") -> Callable[[np.ndarray], jax.Array]:
-  """A jitted uint8 images [B, h, w, 3] -> the frozen teacher's `layer` [B, h', w', C]."""
-  return jax.jit(lambda images: resnet.frozen_features(
-      teacher, variables, resnet.preprocess(images))[1][layer])
 
 
 def build_cache(directory: str, source: Sequence[dict[str, Any]],

@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from jax import lax
 from jax.experimental import multihost_utils
@@ -165,6 +166,14 @@ def load_teacher(config: ml_collections.ConfigDict, image_hw):
   return teacher, jax.jit(teacher.init)(jax.random.key(config.seed + 1), images)
 
 
+def teacher_features(teacher: resnet.ResNet, variables: Any,
+                     layer: str = "layer4") -> Callable[[np.ndarray], jax.Array]:
+  """A jitted uint8 images [B, h, w, 3] -> the frozen teacher's `layer` [B, h', w', C]: what
+  `teacher_cache.build_cache` stores."""
+  return jax.jit(lambda images: resnet.frozen_features(
+      teacher, variables, resnet.preprocess(images))[1][layer])
+
+
 def _cache(config: ml_collections.ConfigDict, workdir: str, source,
            pairs: pipeline.PairConfig) -> tuple[str, dict[str, Any]]:
   """(directory, expected metadata) of the run's teacher cache."""
@@ -196,8 +205,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> None:
       os.path.join(directory, teacher_cache.METADATA)):
     teacher, teacher_variables = load_teacher(config, pairs.image_hw)
     teacher_cache.build_cache(directory, source,
-                              teacher_cache.teacher_features(teacher, teacher_variables,
-                                                             config.teacher.layer), pairs,
+                              teacher_features(teacher, teacher_variables,
+                                               config.teacher.layer), pairs,
                               seed=config.seed, metadata=metadata)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("teacher cache built")
