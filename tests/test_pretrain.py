@@ -146,7 +146,7 @@ def test_sigterm_saves_and_exits_cleanly(uninterrupted, tmp_path):
   data_dir = os.path.dirname(config.data.manual_dir)
   workdir = str(tmp_path / "work")
   log = open(tmp_path / "log.txt", "w")  # a file: a full pipe would stall the run
-  proc = subprocess.Popen(pretrain_command(data_dir, workdir, "--config.checkpoint.every=100",
+  proc = subprocess.Popen(pretrain_command(data_dir, workdir, "--config.checkpointing.every=100",
                                            "--config.total_steps=100000"),
                           cwd=ROOT, stdout=log, stderr=log)
   metrics = os.path.join(workdir, "metrics.jsonl")

@@ -80,8 +80,8 @@ def test_missing_teacher_list_is_explained(tmp_path):
 
 def test_a_held_out_curve_off_the_logged_steps_is_refused_by_name(tmp_path):
   config = teacher_synthetic.get_config("runlocal")
-  config.update(log_every=4, eval_every=6)
-  with pytest.raises(ValueError, match="eval_every=6 must be a multiple of log_every=4"):
+  config.log_every, config.eval.every = 4, 6
+  with pytest.raises(ValueError, match="eval.every=6 must be a multiple of log_every=4"):
     teacher.train(config, str(tmp_path))
 
 

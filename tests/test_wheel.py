@@ -43,8 +43,8 @@ SCRIPT = textwrap.dedent("""
 
     t = teacher_schema.base()
     t.data.update(manual_dir=rooms, data_dir=tfds)
-    t.update(arch="tiny", image_hw=(32, 48), batch_size=2, total_steps=2, log_every=1,
-             eval_batch_size=2)
+    t.update(arch="tiny", image_hw=(32, 48), batch_size=2, total_steps=2, log_every=1)
+    t.eval.batch_size = 2
     prepare.teacher(t.data)
     taught = teacher.train(t, os.path.join(here, "teacher"), template=teacher_schema.base(),
                            progress=False)

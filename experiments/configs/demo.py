@@ -63,7 +63,7 @@ def get_config(arg=None):
   # measured curves, and they hide the class-dependent colour distributions.
   c.teacher.augment.update(channel_shuffle_probability=0.0, grayscale_probability=0.0)
   c.teacher.log_every = 50
-  c.teacher.eval_every = 500
+  c.teacher.eval.every = 500
 
   c.ppkt = ppkt_synthetic.get_config()
   c.ppkt.pairs.update(image_hw=(96, 128), num_points=4096, num_pairs=256, views_per_frame=2)
@@ -72,7 +72,7 @@ def get_config(arg=None):
   c.ppkt.per_device_batch = 8
   c.ppkt.total_steps = PRETRAIN_STEPS
   c.ppkt.log_every = 10
-  c.ppkt.checkpoint.update(every=100, keep=2)
+  c.ppkt.checkpointing.update(every=100, keep=2)
 
   c.pointcontrast = pointcontrast_synthetic.get_config()
   c.finetune = finetune_schema.base()
@@ -84,12 +84,13 @@ def get_config(arg=None):
     c.study.update(fractions=(0.25, 1.0), seeds=(2, 1), probe_seeds=1,
                    inits=("scratch", "pointcontrast", "ppkt"))
     c.teacher.update(arch="tiny", image_hw=(32, 48), batch_size=4, total_steps=10,
-                     eval_batch_size=4, log_every=1)
+                     log_every=1)
+    c.teacher.eval.batch_size = 4
     c.teacher.optimizer.warmup_steps = 0
     c.ppkt.pairs.update(image_hw=(48, 64), num_points=256, num_pairs=64)
     c.ppkt.per_device_batch = 1
     c.ppkt.total_steps = 6
-    c.ppkt.checkpoint.update(every=3, keep=2)
+    c.ppkt.checkpointing.update(every=3, keep=2)
     c.ppkt.log_every = 1
     c.finetune.update(batch_size=4, total_steps=10, log_every=1)
     c.finetune.crop.num_points = 256
@@ -113,7 +114,7 @@ def share(c: ml_collections.ConfigDict) -> None:
   c.ppkt.student = c.pointcontrast.student = c.finetune.student = c.student
   c.ppkt.pairs.colors = c.finetune.crop.colors = c.student_colors
   c.ppkt.teacher.arch = c.teacher.arch
-  for key in ("pairs", "per_device_batch", "total_steps", "log_every", "checkpoint",
+  for key in ("pairs", "per_device_batch", "total_steps", "log_every", "checkpointing",
               "optimizer"):
     c.pointcontrast[key] = ml_collections.ConfigDict(c.ppkt[key].to_dict()) if isinstance(
         c.ppkt[key], ml_collections.ConfigDict) else c.ppkt[key]

@@ -25,7 +25,7 @@ def get_config(arg=None):
   c.loss.temperature = 0.07
   c.per_device_batch = 8
   c.total_steps = 5000
-  c.checkpoint.every = 500
+  c.checkpointing.every = 500
   if arg == "runlocal":
     schema.shrink_for_cpu(c, "/tmp/ppkt_runlocal")
   elif arg:

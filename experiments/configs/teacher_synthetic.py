@@ -41,7 +41,7 @@ def get_config(arg=None):
     c.total_steps = 30
     c.optimizer.warmup_steps = 0
     c.optimizer.learning_rate = 1e-2
-    c.eval_batch_size = 4
+    c.eval.batch_size = 4
     c.log_every = 1
   elif arg:
     raise ValueError(f"unknown config argument {arg!r}; expected 'runlocal' or none")

@@ -7,6 +7,8 @@ import math
 
 import ml_collections
 
+from p2p_jax.configs import common
+
 
 def base() -> ml_collections.ConfigDict:
   """The schema and defaults of every fine-tuning config (the template it is checked against)."""
@@ -16,9 +18,7 @@ def base() -> ml_collections.ConfigDict:
       manual_dir="data/rooms",  # the ScanNet-layout export (scannetv2_{train,val}.txt)
       data_dir="data/tfds",     # the TFDS data dir scannet_scenes is built into
       # Generate synthetic rooms into manual_dir first when it has no scans/ (scenes > 0).
-      synthetic=ml_collections.ConfigDict(dict(
-          scenes=0, frames_per_scene=1, height=48, width=64, seed=0, val_fraction=0.2,
-          teacher_fraction=0.0, points_per_m2=1000.0)),
+      synthetic=common.synthetic(height=48, width=64),
   ))
   c.init = ml_collections.ConfigDict(dict(checkpoint=""))  # pretraining work dir; "" = scratch
   c.student = "pointnet2_tiny"  # a key of p2p_jax.models.STUDENTS
@@ -29,9 +29,7 @@ def base() -> ml_collections.ConfigDict:
       jitter_sigma=0.005, jitter_clip=0.02,
       colors=True))  # False: the student sees geometry only (constant grey colour input)
   c.head = ml_collections.ConfigDict(dict(hidden=64, dropout=0.3))  # finetune mode only
-  c.optimizer = ml_collections.ConfigDict(dict(name="adamw", learning_rate=1e-2,
-                                               weight_decay=1e-4, momentum=0.9,
-                                               warmup_steps=10))
+  c.optimizer = common.optimizer(warmup_steps=10)
   c.batch_size = 8
   c.total_steps = 250
   c.eval = ml_collections.ConfigDict(dict(batch_size=16))

@@ -9,6 +9,8 @@ import math
 
 import ml_collections
 
+from p2p_jax.configs import common
+
 
 def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -20,8 +22,7 @@ def base() -> ml_collections.ConfigDict:
       frames_config="skip25",  # every 25th frame, as in the paper
       split="train",
       # Generate synthetic rooms into manual_dir first when it has no scans/ (scenes > 0).
-      synthetic=ml_collections.ConfigDict(dict(scenes=0, frames_per_scene=0, height=240,
-                                               width=320, seed=0, val_fraction=0.2)),
+      synthetic=common.synthetic(frames_per_scene=0),
   ))
   # num_points and num_pairs are per frame; the loss contrasts the pairs of the whole batch
   # (of every device with loss.global_negatives), so K = num_pairs x global batch.
@@ -52,12 +53,11 @@ def base() -> ml_collections.ConfigDict:
   c.projection_dim = 128
   c.loss = ml_collections.ConfigDict(dict(temperature=0.04, global_negatives=True,
                                           symmetric=False))
-  c.optimizer = ml_collections.ConfigDict(dict(name="sgd", learning_rate=0.5, weight_decay=1e-4,
-                                               momentum=0.9, warmup_steps=0))
+  c.optimizer = common.optimizer(name="sgd", learning_rate=0.5)
   c.per_device_batch = 24
   c.total_steps = 60_000
   c.log_every = 50
-  c.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=3))
+  c.checkpointing = ml_collections.ConfigDict(dict(every=1000, keep=3))  # saving
   return c
 
 
@@ -74,4 +74,4 @@ def shrink_for_cpu(c: ml_collections.ConfigDict, workdir_hint: str) -> None:
   c.per_device_batch = 1
   c.total_steps = 20
   c.log_every = 1
-  c.checkpoint.update(every=5, keep=2)
+  c.checkpointing.update(every=5, keep=2)

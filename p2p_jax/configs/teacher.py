@@ -5,6 +5,8 @@
 
 import ml_collections
 
+from p2p_jax.configs import common
+
 
 def base() -> ml_collections.ConfigDict:
   """The schema and defaults of every teacher config (the template it is checked against)."""
@@ -17,25 +19,22 @@ def base() -> ml_collections.ConfigDict:
       holdout_fraction=0.2,      # share of the teacher scenes held out for evaluation
       holdout_seed=0,
       # Generate synthetic rooms into manual_dir first when it has no scans/ (scenes > 0).
-      synthetic=ml_collections.ConfigDict(dict(
-          scenes=0, frames_per_scene=20, height=120, width=160, seed=0, val_fraction=0.15,
-          teacher_fraction=0.2, points_per_m2=1000.0)),
+      synthetic=common.synthetic(frames_per_scene=20, height=120, width=160,
+                                 val_fraction=0.15, teacher_fraction=0.2),
   ))
   c.arch = "resnet18"               # a key of p2p_jax.models.resnet.VARIANTS
-  c.init_checkpoint = ""            # optional warm start: a converted ResNet checkpoint
+  c.init = ml_collections.ConfigDict(dict(checkpoint=""))  # warm start: a converted ResNet
   c.head_layers = ("layer4",)       # 1x1 conv heads, upsampled and summed; add "layer3" for detail
   c.image_hw = (96, 128)
   c.augment = ml_collections.ConfigDict(dict(
       crop_scale=(0.35, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_probability=0.5,
       color_jitter=0.4, channel_shuffle_probability=0.5, grayscale_probability=0.2))
-  c.optimizer = ml_collections.ConfigDict(dict(name="adamw", learning_rate=2e-3,
-                                               weight_decay=1e-4, momentum=0.9,
-                                               warmup_steps=20))
+  c.optimizer = common.optimizer(learning_rate=2e-3, warmup_steps=20)
   # Loss weight of each class: (median frequency / frequency) ** power; 0 = plain CE.
   c.class_weight_power = 0.0
   c.batch_size = 16
   c.total_steps = 300
-  c.eval_batch_size = 16
   c.log_every = 10
-  c.eval_every = 0  # held-out mIoU every this many steps (a multiple of log_every); 0: at the end
+  # Held-out mIoU every `every` steps (a multiple of log_every; 0: at the end only).
+  c.eval = ml_collections.ConfigDict(dict(batch_size=16, every=0))
   return c

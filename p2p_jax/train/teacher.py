@@ -251,15 +251,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     The results (also in `results.json`): "checkpoint" (the path for
     `config.teacher.checkpoint`), "arch", "pixel_accuracy", "miou", "macc" (fractions, on the
     held-out frames), "per_class_iou", "iou_table" (Markdown), "train_loss" (every
-    `log_every`-th step), "curve" (step, loss, pixel accuracy and, every `eval_every` steps,
+    `log_every`-th step), "curve" (step, loss, pixel accuracy and, every `eval.every` steps,
     the held-out mIoU), the scenes and frame counts, and "seconds".
   """
   # Setup.
   start_time = time.perf_counter()
   if template is not None:
     config_lib.check_config(config, template)
-  if config.eval_every and config.eval_every % config.log_every:
-    raise ValueError(f"eval_every={config.eval_every} must be a multiple of log_every="
+  if config.eval.every and config.eval.every % config.log_every:
+    raise ValueError(f"eval.every={config.eval.every} must be a multiple of log_every="
                      f"{config.log_every}: the held-out mIoU is measured on logged steps")
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
@@ -274,8 +274,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   key = jax.random.key(config.seed)
   example = jnp.zeros((1,) + augment.image_hw + (3,))
   variables = jax.jit(functools.partial(model.init, train=False))(key, example)
-  if config.init_checkpoint:  # e.g. converted ImageNet weights (experiments/convert_weights.py)
-    backbone = convert.load_teacher_checkpoint(config.init_checkpoint, model.backbone)
+  if config.init.checkpoint:  # e.g. converted ImageNet weights (experiments/convert_weights.py)
+    backbone = convert.load_teacher_checkpoint(config.init.checkpoint, model.backbone)
     variables = {"params": {**variables["params"], "backbone": backbone["params"]},
                  "batch_stats": {"backbone": backbone["batch_stats"]}}
   tx = state_lib.make_optimizer(
@@ -289,10 +289,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
 
   def held_out(step, metrics, state):
     nonlocal last_eval
-    if not (config.eval_every and step % config.eval_every == 0):
+    if not (config.eval.every and step % config.eval.every == 0):
       return {}
     last_eval = (step, evaluate(model, {"params": state.params, "batch_stats": state.batch_stats},
-                                holdout, config.eval_batch_size))
+                                holdout, config.eval.batch_size))
     return {"holdout_miou": metrics_lib.segmentation_scores(last_eval[1])["miou"]}
 
   init = lambda: state_lib.TrainState.create(variables, tx)
@@ -311,7 +311,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   # Evaluation and checkpoint.
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   confusion = (last_eval[1] if last_eval and last_eval[0] == config.total_steps
-               else evaluate(model, variables, holdout, config.eval_batch_size))
+               else evaluate(model, variables, holdout, config.eval.batch_size))
   scores = metrics_lib.segmentation_scores(confusion)
   checkpoint = convert.save_teacher_checkpoint(
       os.path.join(workdir, "teacher"),
