@@ -51,7 +51,8 @@ def stage_configs(c: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     p = ml_collections.ConfigDict(c[method].to_dict())
     p.data.update(manual_dir=rooms, data_dir=tfds_dir, split="train")
     p.data.synthetic.scenes = 0
-    p.teacher.checkpoint = os.path.join(workdir, "teacher", "teacher")
+    if method == "ppkt":
+      p.ppkt.teacher.checkpoint = os.path.join(workdir, "teacher", "teacher")
     out[method] = p
   f = ml_collections.ConfigDict(c.finetune.to_dict())
   f.data.update(manual_dir=rooms, data_dir=tfds_dir)

@@ -240,12 +240,12 @@ def feature_pictures(results_dir, c, configs, workdir, checkpoints) -> list[str]
   mask = np.ones(len(points), bool)
 
   teacher_model = resnet.VARIANTS[c.teacher.arch]()
-  teacher_vars = convert.load_teacher_checkpoint(p.teacher.checkpoint, teacher_model)
+  teacher_vars = convert.load_teacher_checkpoint(p.ppkt.teacher.checkpoint, teacher_model)
   teacher_in = pipeline.teacher_image(image, (0, 0, *depth.shape), False,
-                                      tuple(p.pairs.image_hw))
+                                      tuple(p.ppkt.image_hw))
   _, stages = resnet.frozen_features(teacher_model, teacher_vars,
                                      resnet.preprocess(teacher_in[None]))
-  fmap = stages[p.teacher.layer][0]
+  fmap = stages[p.ppkt.teacher.layer][0]
   dense = jax.image.resize(fmap, depth.shape + (fmap.shape[-1],), "bilinear")
   dense = np.asarray(dense).reshape(-1, fmap.shape[-1])
   teacher_pca = viz.pca_colors(dense).reshape(depth.shape + (3,))

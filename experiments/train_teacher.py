@@ -4,7 +4,7 @@
         --workdir /tmp/teacher [--config.total_steps=300 ...]
 
 Prints the held-out 2D scores and the checkpoint path to pass as
-`--config.teacher.checkpoint` to experiments/pretrain.py.
+`--config.ppkt.teacher.checkpoint` to experiments/pretrain.py.
 """
 
 from absl import app, flags, logging

@@ -27,7 +27,7 @@ def test_every_run_of_the_study_is_listed_once():
   # Every stage gives the student the same input: pretraining and fine-tuning alike.
   for arg in (None, "runlocal", "full"):
     c = demo_config.get_config(arg)
-    assert (c.ppkt.pairs.colors == c.pointcontrast.pairs.colors == c.finetune.crop.colors
+    assert (c.ppkt.points.colors == c.pointcontrast.points.colors == c.finetune.crop.colors
             == c.student_colors)
 
 
@@ -42,7 +42,7 @@ def test_demo_runs_every_stage_writes_results_and_resumes(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=1200)
   assert done.returncode == 0, done.stderr[-3000:]
   report = json.load(open(os.path.join(results, "results.json")))
-  assert report["config"]["ppkt"]["pairs"]["colors"] is True
+  assert report["config"]["ppkt"]["points"]["colors"] is True
   assert report["config"]["finetune"]["crop"]["colors"] is True
   steps = [json.loads(line)["step"] for line in open(
       os.path.join(workdir, "finetune", "finetune_scratch_1_seed0", "metrics.jsonl"))]

@@ -39,7 +39,8 @@ def test_every_config_builds_and_has_only_known_keys(name):
   module = importlib.import_module(f"experiments.configs.{name}")
   assert "python -m experiments.pretrain" in module.__doc__
   for arg in (None, "runlocal"):
-    check_config(module.get_config(arg), schema.base())
+    config = module.get_config(arg)
+    check_config(config, schema.base(config.method))
   with pytest.raises(ValueError, match="unknown config argument"):
     module.get_config("bogus")
 
@@ -50,6 +51,12 @@ def test_unknown_keys_fail_loudly():
   config.loss.temprature = 0.1
   with pytest.raises(ValueError, match="loss.temprature, optimiser"):
     check_config(config, schema.base())
+  # A run is handed only its own method's settings.
+  pointcontrast = schema.switch_method(schema.base(), "pointcontrast")
+  assert "ppkt" not in pointcontrast and "pointcontrast" in pointcontrast
+  check_config(pointcontrast, schema.base("pointcontrast"))
+  with pytest.raises(ValueError, match="unknown config keys: ppkt"):
+    check_config(schema.base("ppkt"), schema.base("pointcontrast"))
 
 
 def restore_state(workdir, step=None):
@@ -72,7 +79,7 @@ def uninterrupted(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("uninterrupted")
   config = runlocal(tmp)
   pretrain.prepare(config, str(tmp / "work"))
-  last = pretrain.train(config, str(tmp / "work"), template=schema.base())
+  last = pretrain.train(config, str(tmp / "work"), template=schema.base(config.method))
   return config, str(tmp / "work"), last
 
 
@@ -234,10 +241,11 @@ def test_teacher_cache_run_matches_the_uncached_run(uninterrupted, tmp_path):
   results = {}
   for cache in (False, True):
     c = ml_collections.ConfigDict(config.to_dict())
-    c.total_steps, c.pairs.views_per_frame, c.teacher.cache = 4, 2, cache
-    c.teacher.layer = "layer3"  # a finer map than the default layer4, both ways
+    c.total_steps, c.ppkt.views_per_frame, c.ppkt.teacher.cache = 4, 2, cache
+    c.ppkt.teacher.layer = "layer3"  # a finer map than the default layer4, both ways
     pretrain.prepare(c, str(tmp_path / f"cache_{cache}"))
-    results[cache] = pretrain.train(c, str(tmp_path / f"cache_{cache}"), template=schema.base())
+    results[cache] = pretrain.train(c, str(tmp_path / f"cache_{cache}"),
+                                    template=schema.base(c.method))
   assert os.path.exists(tmp_path / "cache_True" / "teacher_cache" / "cache.json")
   assert not os.path.exists(tmp_path / "cache_False" / "teacher_cache")
   for key in ("loss", "pair_accuracy", "param_norm"):
@@ -246,7 +254,7 @@ def test_teacher_cache_run_matches_the_uncached_run(uninterrupted, tmp_path):
   # ResNetTiny: layer3 has 16 x 4 channels, layer4 32 x 4.
   assert restored["state"]["params"]["projector"]["conv1x1"]["kernel"].shape[0] == 64
   c = ml_collections.ConfigDict(config.to_dict())
-  c.teacher.cache = True  # views_per_frame = 0: fresh crops cannot be cached
+  c.ppkt.teacher.cache = True  # views_per_frame = 0: fresh crops cannot be cached
   with pytest.raises(ValueError, match="views_per_frame > 0"):
     pretrain.train(c, str(tmp_path / "fresh"))
 
@@ -258,7 +266,7 @@ def test_pointcontrast_runlocal_trains_through_the_same_loop(uninterrupted, tmp_
                                                   ppkt_config.data.data_dir)
   workdir = str(tmp_path / "work")
   pretrain.prepare(config, workdir)
-  last = pretrain.train(config, workdir, template=schema.base())
+  last = pretrain.train(config, workdir, template=schema.base(config.method))
   records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   losses = [r["loss"] for r in records]
   assert last["step"] == 20 and np.mean(losses[-5:]) < np.mean(losses[:5]), losses
@@ -282,7 +290,7 @@ def test_the_papers_sparse_unet_student_pretrains_through_the_same_loop(uninterr
                                                   ppkt_config.data.data_dir)
   pretrain.prepare(config, str(tmp_path / "work"))
   config.total_steps = 8
-  last = pretrain.train(config, str(tmp_path / "work"), template=schema.base())
+  last = pretrain.train(config, str(tmp_path / "work"), template=schema.base(config.method))
   records = [json.loads(line) for line in open(tmp_path / "work" / "metrics.jsonl")]
   assert last["step"] == 8 and all(np.isfinite(r["loss"]) for r in records)
   assert records[-1]["loss"] < records[0]["loss"]

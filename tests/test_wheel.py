@@ -52,7 +52,7 @@ SCRIPT = textwrap.dedent("""
     p = pretrain_schema.base()
     pretrain_schema.shrink_for_cpu(p, here)
     p.data.update(manual_dir=rooms, data_dir=tfds)
-    p.teacher.checkpoint = taught["checkpoint"]
+    p.ppkt.teacher.checkpoint = taught["checkpoint"]
     p.total_steps = 2
     work = os.path.join(here, "ppkt")
     pretrain.prepare(p, work)

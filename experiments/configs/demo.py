@@ -66,9 +66,10 @@ def get_config(arg=None):
   c.teacher.eval.every = 500
 
   c.ppkt = ppkt_synthetic.get_config()
-  c.ppkt.pairs.update(image_hw=(96, 128), num_points=4096, num_pairs=256, views_per_frame=2)
-  c.ppkt.teacher.cache = True
-  c.ppkt.teacher.layer = "layer3"  # at 96x128 layer4 is a 3x4 map, layer3 6x8
+  c.ppkt.points.num_points = 4096
+  c.ppkt.ppkt.update(image_hw=(96, 128), num_pairs=256, views_per_frame=2)
+  c.ppkt.ppkt.teacher.cache = True
+  c.ppkt.ppkt.teacher.layer = "layer3"  # at 96x128 layer4 is a 3x4 map, layer3 6x8
   c.ppkt.per_device_batch = 8
   c.ppkt.total_steps = PRETRAIN_STEPS
   c.ppkt.log_every = 10
@@ -87,7 +88,8 @@ def get_config(arg=None):
                      log_every=1)
     c.teacher.eval.batch_size = 4
     c.teacher.optimizer.warmup_steps = 0
-    c.ppkt.pairs.update(image_hw=(48, 64), num_points=256, num_pairs=64)
+    c.ppkt.points.num_points = 256
+    c.ppkt.ppkt.update(image_hw=(48, 64), num_pairs=64)
     c.ppkt.per_device_batch = 1
     c.ppkt.total_steps = 6
     c.ppkt.checkpointing.update(every=3, keep=2)
@@ -112,16 +114,17 @@ def share(c: ml_collections.ConfigDict) -> None:
   `student`, `student_colors`), the teacher's architecture, and PPKT's data and budget for
   PointContrast. `experiments.demo` calls it again after `--config.*` overrides."""
   c.ppkt.student = c.pointcontrast.student = c.finetune.student = c.student
-  c.ppkt.pairs.colors = c.finetune.crop.colors = c.student_colors
-  c.ppkt.teacher.arch = c.teacher.arch
-  for key in ("pairs", "per_device_batch", "total_steps", "log_every", "checkpointing",
+  c.ppkt.points.colors = c.finetune.crop.colors = c.student_colors
+  c.ppkt.ppkt.teacher.arch = c.teacher.arch
+  for key in ("points", "per_device_batch", "total_steps", "log_every", "checkpointing",
               "optimizer"):
     c.pointcontrast[key] = ml_collections.ConfigDict(c.ppkt[key].to_dict()) if isinstance(
         c.ppkt[key], ml_collections.ConfigDict) else c.ppkt[key]
-  c.pointcontrast.pointcontrast.num_matches = c.ppkt.pairs.num_pairs
+  c.pointcontrast.pointcontrast.num_matches = c.ppkt.ppkt.num_pairs
 
 
 def templates() -> dict[str, ml_collections.ConfigDict]:
   """The schema each stage's config is checked against."""
-  return {"teacher": teacher_schema.base(), "ppkt": pretrain_schema.base(),
-          "pointcontrast": pretrain_schema.base(), "finetune": finetune_schema.base()}
+  return {"teacher": teacher_schema.base(), "ppkt": pretrain_schema.base("ppkt"),
+          "pointcontrast": pretrain_schema.base("pointcontrast"),
+          "finetune": finetune_schema.base()}

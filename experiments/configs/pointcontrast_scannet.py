@@ -12,11 +12,12 @@ PPKT 68.28 mIoU. `runlocal` shrinks it to tiny synthetic data on a CPU.
 """
 
 from experiments.configs import ppkt_scannet
+from p2p_jax.configs import pretrain as schema
 
 
 def get_config(arg=None):
-  c = ppkt_scannet.get_config(arg)
-  c.method = "pointcontrast"
-  c.pointcontrast.num_matches = c.pairs.num_pairs
+  ppkt = ppkt_scannet.get_config(arg)
+  c = schema.switch_method(ppkt, "pointcontrast")
+  c.pointcontrast.num_matches = ppkt.ppkt.num_pairs
   c.loss.temperature = 0.07
   return c

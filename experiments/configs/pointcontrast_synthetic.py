@@ -12,12 +12,13 @@ top-1 accuracy rises; fine-tuned (experiments/finetune.py), it sits between scra
 """
 
 from experiments.configs import ppkt_synthetic
+from p2p_jax.configs import pretrain as schema
 
 
 def get_config(arg=None):
-  c = ppkt_synthetic.get_config(arg)
-  c.method = "pointcontrast"
-  c.pointcontrast.num_matches = c.pairs.num_pairs  # 4096 per batch of 8, as PPKT's pairs
+  ppkt = ppkt_synthetic.get_config(arg)
+  c = schema.switch_method(ppkt, "pointcontrast")
+  c.pointcontrast.num_matches = ppkt.ppkt.num_pairs  # 4096 per batch of 8, as PPKT's pairs
   if arg == "runlocal":
     c.pointcontrast.min_overlap = 0.2  # tiny frames of few points
   c.loss.temperature = 0.07  # the paper's; the released scripts used 0.4

@@ -4,7 +4,7 @@
         --output /ckpt/teacher_r50
     python -m experiments.pretrain --config experiments/configs/ppkt_scannet.py \
         --workdir /ckpt/ppkt_scannet --config.data.manual_dir=/data/scannet \
-        --config.teacher.checkpoint=/ckpt/teacher_r50
+        --config.ppkt.teacher.checkpoint=/ckpt/teacher_r50
 
 Student: SR-UNet34 (Res16UNet34C, 2.5 cm voxels; `p2p_jax.models.sparse_unet`), as in the paper.
 Data: ScanNet's SensReader export of the 1513 training scans, every 25th frame (about 100k
@@ -24,7 +24,8 @@ def get_config(arg=None):
   c.data.manual_dir = "/data/scannet"
   c.data.data_dir = "/data/tfds"
   # PPKT draws 4096 pairs over the batch of 24: 171 per frame (4104 in all).
-  c.pairs.update(image_hw=(480, 640), num_points=16384, num_pairs=171)
+  c.points.num_points = 16384
+  c.ppkt.update(image_hw=(480, 640), num_pairs=171)
   c.student = "sr_unet34c"  # the paper's segmentation student, 2.5 cm voxels
   if arg == "runlocal":
     c.data.manual_dir = c.data.data_dir = ""  # tiny synthetic rooms instead of ScanNet

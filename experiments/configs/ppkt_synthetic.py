@@ -1,7 +1,7 @@
 """PPKT pretraining of the PointNet++ student on the synthetic rooms (the default experiment).
 
     python -m experiments.pretrain --config experiments/configs/ppkt_synthetic.py \
-        --workdir /tmp/ppkt_synthetic [--config.teacher.checkpoint=/path/to/teacher]
+        --workdir /tmp/ppkt_synthetic [--config.ppkt.teacher.checkpoint=/path/to/teacher]
     python -m experiments.pretrain --config experiments/configs/ppkt_synthetic.py:runlocal \
         --workdir /tmp/ppkt_local      # seconds on a 2-core CPU: 20 steps of tiny models
 
@@ -20,8 +20,9 @@ def get_config(arg=None):
   c.data.manual_dir = "data/rooms"
   c.data.data_dir = "data/tfds"
   c.data.synthetic.update(scenes=100, frames_per_scene=50)
-  c.pairs.update(image_hw=(240, 320), num_points=8192, num_pairs=512)  # 4096 per batch of 8
-  c.teacher.arch = "resnet18"
+  c.points.num_points = 8192
+  c.ppkt.update(image_hw=(240, 320), num_pairs=512)  # 4096 per batch of 8
+  c.ppkt.teacher.arch = "resnet18"
   c.loss.temperature = 0.07
   c.per_device_batch = 8
   c.total_steps = 5000

@@ -5,16 +5,20 @@ error, so a typo cannot silently fall back to a default. `shrink_for_cpu` is the
 variant of any pretraining experiment.
 """
 
+import copy
 import math
 
 import ml_collections
 
+from p2p_jax import methods
 from p2p_jax.configs import common
 
 
-def base() -> ml_collections.ConfigDict:
+def base(method: str = "ppkt") -> ml_collections.ConfigDict:
+  """The schema of a pretraining run with `method` ("ppkt", or "pointcontrast", the 3D-to-3D
+  baseline): the shared keys and that method's sub-config only."""
   c = ml_collections.ConfigDict()
-  c.method = "ppkt"  # or "pointcontrast", the 3D-to-3D baseline
+  c.method = method
   c.seed = 0
   c.data = ml_collections.ConfigDict(dict(
       manual_dir="",           # a ScanNet export, or where synthetic rooms are generated
@@ -24,31 +28,12 @@ def base() -> ml_collections.ConfigDict:
       # Generate synthetic rooms into manual_dir first when it has no scans/ (scenes > 0).
       synthetic=common.synthetic(frames_per_scene=0),
   ))
-  # num_points and num_pairs are per frame; the loss contrasts the pairs of the whole batch
-  # (of every device with loss.global_negatives), so K = num_pairs x global batch.
-  c.pairs = ml_collections.ConfigDict(dict(
-      image_hw=(240, 320), num_points=8192, num_pairs=512, crop_scale=(0.5, 1.0),
-      flip_probability=0.5,
-      views_per_frame=0,  # 0: a fresh crop every use; V > 0: V fixed views (cacheable)
-      max_rotation=math.pi, scale_range=(0.9, 1.1), jitter_sigma=0.005,
-      jitter_clip=0.02,
-      colors=True))  # False: the student sees geometry only (constant grey colour input)
-  c.teacher = ml_collections.ConfigDict(dict(
-      arch="resnet50",
-      checkpoint="",  # from experiments/convert_weights.py; empty = random (warns)
-      layer="layer4",  # the feature map the UPL reads (the paper's); "layer3" is stride 16
-      # Compute layer4 of every view once (needs pairs.views_per_frame > 0), in cache_dir
-      # (default <workdir>/teacher_cache), and skip the teacher in the step.
-      cache=False,
-      cache_dir="",
-  ))
-  # PointContrast (method "pointcontrast"): frame pairs whose clouds overlap by min_overlap
-  # (voxel_size voxels; a point matches within match_radius_voxels of the other cloud), within
-  # max_frame_distance frame ids (0: any two frames of a scene); num_matches per pair. Points
-  # per view, rotation and scaling are those of `pairs`.
-  c.pointcontrast = ml_collections.ConfigDict(dict(
-      voxel_size=0.05, match_radius_voxels=1.5, min_overlap=0.3, max_frame_distance=0,
-      num_matches=512, full_rotation=False))
+  # The student's clouds, in every method: N points per frame (or view), rotated about z,
+  # scaled; with colors False the student sees geometry only (constant grey colour input).
+  c.points = ml_collections.ConfigDict(dict(
+      num_points=8192, max_rotation=math.pi, scale_range=(0.9, 1.1), colors=True))
+  # The method's own settings, under its name (`p2p_jax.methods.<method>.config()`).
+  c[method] = methods.get(method).config()
   c.student = "pointnet2_seg"
   c.projection_dim = 128
   c.loss = ml_collections.ConfigDict(dict(temperature=0.04, global_negatives=True,
@@ -67,11 +52,23 @@ def shrink_for_cpu(c: ml_collections.ConfigDict, workdir_hint: str) -> None:
   c.data.frames_config = "skip1"
   c.data.manual_dir = c.data.manual_dir or f"{workdir_hint}/rooms"
   c.data.data_dir = c.data.data_dir or f"{workdir_hint}/tfds"
-  c.pairs.update(image_hw=(48, 64), num_points=256, num_pairs=128)
-  c.teacher.arch = "tiny"
+  c.points.num_points = 256
+  if "ppkt" in c:
+    c.ppkt.update(image_hw=(48, 64), num_pairs=128)
+    c.ppkt.teacher.arch = "tiny"
   c.student = "pointnet2_tiny"
   c.projection_dim = 16
   c.per_device_batch = 1
   c.total_steps = 20
   c.log_every = 1
   c.checkpointing.update(every=5, keep=2)
+
+
+def switch_method(c: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
+  """`c` for another method: every shared key as in `c`, the method's sub-config its
+  defaults (e.g. PointContrast with PPKT's data, student, optimiser and budget)."""
+  out = base(method)
+  for key in c.keys():
+    if key in out and key not in ("method", method):
+      out[key] = copy.deepcopy(c[key])
+  return out

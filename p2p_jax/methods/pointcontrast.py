@@ -129,6 +129,19 @@ def train_step(state: TrainState, host_batch: dict[str, jax.Array], *,
 # ---------------------------------------------------------------------------------------------
 
 
+def config() -> ml_collections.ConfigDict:
+  """PointContrast's part of a pretraining config (`config.pointcontrast`).
+
+  Frame pairs whose clouds overlap by `min_overlap` (voxelised at `voxel_size`; a point
+  matches within `match_radius_voxels` voxels of the other cloud), within
+  `max_frame_distance` frame ids (0: any two frames of a scene); `num_matches` per pair. The
+  points of each view are the shared `config.points`.
+  """
+  return ml_collections.ConfigDict(dict(
+      voxel_size=0.05, match_radius_voxels=1.5, min_overlap=0.3, max_frame_distance=0,
+      num_matches=512, full_rotation=False))
+
+
 def overlap_config(config: ml_collections.ConfigDict) -> frame_pairs.OverlapConfig:
   c = config.pointcontrast
   return frame_pairs.OverlapConfig(
@@ -160,10 +173,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, student: nn.Module
                      f"with {pairs.stats.get('config')}, not this run's overlap rule; prepare "
                      "the run first (p2p_jax.train.pretrain.prepare)")
   matches = frame_pairs.MatchConfig(
-      num_points=config.pairs.num_points, num_matches=c.num_matches,
-      match_radius=c.voxel_size * c.match_radius_voxels, max_rotation=config.pairs.max_rotation,
-      full_rotation=c.full_rotation, scale_range=tuple(config.pairs.scale_range),
-      colors=config.pairs.colors)
+      num_points=config.points.num_points, num_matches=c.num_matches,
+      match_radius=c.voxel_size * c.match_radius_voxels, max_rotation=config.points.max_rotation,
+      full_rotation=c.full_rotation, scale_range=tuple(config.points.scale_range),
+      colors=config.points.colors)
   dataset = frame_pairs.pointcontrast_dataset(
       source, pairs, matches, seed=config.seed, num_devices=jax.local_device_count(),
       per_device_batch=config.per_device_batch)

@@ -146,24 +146,64 @@ def train_step(state: TrainState, teacher_variables: Any, host_batch: dict[str, 
 # ---------------------------------------------------------------------------------------------
 
 
+def config() -> ml_collections.ConfigDict:
+  """PPKT's part of a pretraining config (`config.ppkt`), with the paper's values.
+
+  num_pairs is per frame; the loss contrasts the pairs of the whole batch (of every device
+  with loss.global_negatives), so K = num_pairs x global batch. The points of each frame are
+  the shared `config.points`.
+  """
+  return ml_collections.ConfigDict(dict(
+      image_hw=(240, 320), num_pairs=512, crop_scale=(0.5, 1.0), flip_probability=0.5,
+      views_per_frame=0,  # 0: a fresh crop every use; V > 0: V fixed views (cacheable)
+      jitter_sigma=0.005, jitter_clip=0.02,
+      teacher=ml_collections.ConfigDict(dict(
+          arch="resnet50",
+          checkpoint="",  # from experiments/convert_weights.py; empty = random (warns)
+          layer="layer4",  # the map the UPL reads (the paper's); "layer3" is stride 16
+          # The teacher's features of every view computed once (needs views_per_frame > 0),
+          # in cache_dir (default <workdir>/teacher_cache); the step then skips the teacher.
+          cache=False,
+          cache_dir="",
+      )),
+  ))
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherConfig:
+  """The frozen 2D teacher: `resnet.VARIANTS[arch]` from `checkpoint` ("" = random init),
+  read at `layer`, its features optionally cached once in `cache_dir`."""
+  arch: str
+  checkpoint: str
+  layer: str
+  cache: bool
+  cache_dir: str
+
+
+def teacher_config(config: ml_collections.ConfigDict) -> TeacherConfig:
+  t = config.ppkt.teacher
+  return TeacherConfig(arch=t.arch, checkpoint=t.checkpoint, layer=t.layer, cache=t.cache,
+                       cache_dir=t.cache_dir)
+
+
 def pair_config(config: ml_collections.ConfigDict) -> pipeline.PairConfig:
-  p = config.pairs
+  p, points = config.ppkt, config.points
   return pipeline.PairConfig(
-      image_hw=tuple(p.image_hw), num_points=p.num_points, num_pairs=p.num_pairs,
+      image_hw=tuple(p.image_hw), num_points=points.num_points, num_pairs=p.num_pairs,
       crop_scale=tuple(p.crop_scale), flip_probability=p.flip_probability,
-      views_per_frame=p.views_per_frame, max_rotation=p.max_rotation,
-      scale_range=tuple(p.scale_range),
-      jitter_sigma=p.jitter_sigma, jitter_clip=p.jitter_clip, colors=p.colors)
+      views_per_frame=p.views_per_frame, max_rotation=points.max_rotation,
+      scale_range=tuple(points.scale_range),
+      jitter_sigma=p.jitter_sigma, jitter_clip=p.jitter_clip, colors=points.colors)
 
 
-def load_teacher(config: ml_collections.ConfigDict, image_hw):
-  teacher = resnet.VARIANTS[config.teacher.arch]()
-  if config.teacher.checkpoint:
-    return teacher, convert.load_teacher_checkpoint(config.teacher.checkpoint, teacher)
-  logging.warning("teacher.checkpoint is empty: the teacher is randomly initialised, which "
-                  "exercises the code but transfers no knowledge")
+def load_teacher(t: TeacherConfig, image_hw, seed: int):
+  teacher = resnet.VARIANTS[t.arch]()
+  if t.checkpoint:
+    return teacher, convert.load_teacher_checkpoint(t.checkpoint, teacher)
+  logging.warning("ppkt.teacher.checkpoint is empty: the teacher is randomly initialised, "
+                  "which exercises the code but transfers no knowledge")
   images = jnp.zeros((1,) + tuple(image_hw) + (3,))
-  return teacher, jax.jit(teacher.init)(jax.random.key(config.seed + 1), images)
+  return teacher, jax.jit(teacher.init)(jax.random.key(seed + 1), images)
 
 
 def teacher_features(teacher: resnet.ResNet, variables: Any,
@@ -174,17 +214,16 @@ def teacher_features(teacher: resnet.ResNet, variables: Any,
       teacher, variables, resnet.preprocess(images))[1][layer])
 
 
-def _cache(config: ml_collections.ConfigDict, workdir: str, source,
-           pairs: pipeline.PairConfig) -> tuple[str, dict[str, Any]]:
+def _cache(config: ml_collections.ConfigDict, workdir: str, source, pairs: pipeline.PairConfig,
+           t: TeacherConfig) -> tuple[str, dict[str, Any]]:
   """(directory, expected metadata) of the run's teacher cache."""
   if not pairs.views_per_frame:
-    raise ValueError("teacher.cache needs pairs.views_per_frame > 0: the cache holds the "
+    raise ValueError("ppkt.teacher.cache needs ppkt.views_per_frame > 0: the cache holds the "
                      "features of fixed views, and fresh random crops cannot be cached")
-  directory = config.teacher.cache_dir or os.path.join(os.path.abspath(workdir), "teacher_cache")
+  directory = t.cache_dir or os.path.join(os.path.abspath(workdir), "teacher_cache")
   metadata = teacher_cache.cache_metadata(
-      teacher=config.teacher.arch, num_frames=len(source), seed=config.seed, config=pairs,
-      layer=config.teacher.layer,
-      checkpoint=os.path.abspath(config.teacher.checkpoint) if config.teacher.checkpoint else
+      teacher=t.arch, num_frames=len(source), seed=config.seed, config=pairs, layer=t.layer,
+      checkpoint=os.path.abspath(t.checkpoint) if t.checkpoint else
       f"random init, seed {config.seed + 1}",
       data=[os.path.abspath(config.data.data_dir), config.data.frames_config, config.data.split])
   return directory, metadata
@@ -196,17 +235,18 @@ def _frames(config: ml_collections.ConfigDict):
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Builds the teacher cache (process 0) when `teacher.cache` asks for one and it is missing."""
-  if not config.teacher.cache:
+  """Builds the teacher cache (process 0) when `ppkt.teacher.cache` asks for one and it is
+  missing."""
+  t = teacher_config(config)
+  if not t.cache:
     return
   source, pairs = _frames(config), pair_config(config)
-  directory, metadata = _cache(config, workdir, source, pairs)
+  directory, metadata = _cache(config, workdir, source, pairs, t)
   if jax.process_index() == 0 and not os.path.exists(
       os.path.join(directory, teacher_cache.METADATA)):
-    teacher, teacher_variables = load_teacher(config, pairs.image_hw)
+    teacher, teacher_variables = load_teacher(t, pairs.image_hw, config.seed)
     teacher_cache.build_cache(directory, source,
-                              teacher_features(teacher, teacher_variables,
-                                               config.teacher.layer), pairs,
+                              teacher_features(teacher, teacher_variables, t.layer), pairs,
                               seed=config.seed, metadata=metadata)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("teacher cache built")
@@ -220,11 +260,11 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, student: nn.Module
     (dataset of this process's host batches, init(key) -> TrainState,
      step(state, host_batch) -> (state, metrics) pmapped over `devices`).
   """
-  source, pairs = _frames(config), pair_config(config)
-  teacher, teacher_variables = load_teacher(config, pairs.image_hw)
+  source, pairs, t = _frames(config), pair_config(config), teacher_config(config)
+  teacher, teacher_variables = load_teacher(t, pairs.image_hw, config.seed)
   cache = None
-  if config.teacher.cache:  # the teacher's features of fixed views, computed once
-    cache = teacher_cache.TeacherCache(*_cache(config, workdir, source, pairs))
+  if t.cache:  # the teacher's features of fixed views, computed once
+    cache = teacher_cache.TeacherCache(*_cache(config, workdir, source, pairs, t))
   dataset = pipeline.pretrain_dataset(source, pairs, seed=config.seed,
                                       num_devices=jax.local_device_count(),
                                       per_device_batch=config.per_device_batch, cache=cache)
@@ -235,7 +275,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, student: nn.Module
   example = jax.tree.map(lambda s: jnp.zeros(s.shape[1:], s.dtype), jax.eval_shape(
       lambda b: pipeline.make_pairs(b, pairs), first))
   if cache is None:
-    features = jax.eval_shape(lambda v, x: teacher.apply(v, x)[1][config.teacher.layer],
+    features = jax.eval_shape(lambda v, x: teacher.apply(v, x)[1][t.layer],
                               teacher_variables, resnet.preprocess(example["image"])).shape
     teacher_variables = parallel.replicate(teacher_variables, devices)
   else:
@@ -247,5 +287,5 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, student: nn.Module
                     global_negatives=config.loss.global_negatives,
                     symmetric=config.loss.symmetric)
   step = pmap_step(train_step, devices, model=model, teacher=teacher, tx=tx, pair_config=pairs,
-                   schedule=schedule, teacher_layer=config.teacher.layer, loss_config=loss)
+                   schedule=schedule, teacher_layer=t.layer, loss_config=loss)
   return dataset, init, lambda state, batch: step(state, teacher_variables, batch)

@@ -80,7 +80,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     return {checkpoints.STUDENT: ocp.args.StandardSave(student),
             checkpoints.STUDENT_CONFIG: ocp.args.JsonSave({
                 "student": config.student, "projection_dim": config.projection_dim,
-                "colors": config.pairs.colors})}
+                "colors": config.points.colors})}
 
   result = loop.run(
       workdir=workdir, total_steps=config.total_steps,

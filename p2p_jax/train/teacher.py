@@ -23,8 +23,8 @@ held-out frames resized to `image_hw`, BatchNorm in inference mode; pixel accura
 mAcc over the classes present (`p2p_jax.metrics`).
 
 Output: `convert.save_teacher_checkpoint` of the ResNet's {"params", "batch_stats"} alone, so
-pretraining loads it with `--config.teacher.checkpoint=<path>` and `teacher.arch` set to the
-same variant.
+pretraining loads it with `--config.ppkt.teacher.checkpoint=<path>` and `ppkt.teacher.arch`
+set to the same variant.
 """
 
 import dataclasses
@@ -249,7 +249,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
 
   Returns:
     The results (also in `results.json`): "checkpoint" (the path for
-    `config.teacher.checkpoint`), "arch", "pixel_accuracy", "miou", "macc" (fractions, on the
+    `config.ppkt.teacher.checkpoint`), "arch", "pixel_accuracy", "miou", "macc" (fractions, on the
     held-out frames), "per_class_iou", "iou_table" (Markdown), "train_loss" (every
     `log_every`-th step), "curve" (step, loss, pixel accuracy and, every `eval.every` steps,
     the held-out mIoU), the scenes and frame counts, and "seconds".
