@@ -249,7 +249,7 @@ def feature_pictures(results_dir, c, configs, workdir, checkpoints) -> list[str]
   dense = jax.image.resize(fmap, depth.shape + (fmap.shape[-1],), "bilinear")
   dense = np.asarray(dense).reshape(-1, fmap.shape[-1])
   teacher_pca = viz.pca_colors(dense).reshape(depth.shape + (3,))
-  panels = [("RGB", image), (f"2D teacher ({c.teacher.arch} {p.teacher.layer})", teacher_pca)]
+  panels = [("RGB", image), (f"2D teacher ({c.teacher.arch} {p.ppkt.teacher.layer})", teacher_pca)]
   for init, backbone in backbones.items():
     feats = backbone(points[None], colors[None], mask[None])[0]
     panels.append((f"3D: {NAMES[init]}", viz.splat(np.stack([rows, cols], 1),

@@ -6,8 +6,8 @@
     python -m experiments.train_teacher --config experiments/configs/teacher_synthetic.py \
         --workdir /tmp/teacher_synthetic
     python -m experiments.pretrain --config experiments/configs/ppkt_synthetic.py \
-        --workdir /tmp/ppkt_synthetic --config.teacher.arch=resnet18 \
-        --config.teacher.checkpoint=/tmp/teacher_synthetic/teacher
+        --workdir /tmp/ppkt_synthetic --config.ppkt.teacher.arch=resnet18 \
+        --config.ppkt.teacher.checkpoint=/tmp/teacher_synthetic/teacher
     python -m experiments.train_teacher --config experiments/configs/teacher_synthetic.py:runlocal \
         --workdir /tmp/teacher_local     # seconds on a 2-core CPU, tiny generated rooms
 
@@ -21,8 +21,8 @@ frames, 10 for training and 2 held out). Expected result on those rooms: the los
 about 2.3 to about 1.0; on the held-out teacher frames pixel accuracy 0.61 and mIoU 0.11
 (wall, floor and window learnt first). More teacher scenes give a better teacher: colours are
 drawn per object, so the classes must be learnt from shape. The checkpoint in
-`<workdir>/teacher` is what `config.teacher.checkpoint` of pretraining expects, with
-`teacher.arch` = `arch`.
+`<workdir>/teacher` is what `ppkt.teacher.checkpoint` of pretraining expects, with
+`ppkt.teacher.arch` = `arch`.
 """
 
 from p2p_jax.configs import teacher as schema
