@@ -42,22 +42,13 @@ _RESULTS = flags.DEFINE_string("results", "results", "where the report goes")
 def stage_configs(c: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Each stage's config, pointed at the shared world in `workdir`."""
   rooms, tfds_dir = os.path.join(workdir, "rooms"), os.path.join(workdir, "tfds")
-  out = {}
-  t = ml_collections.ConfigDict(c.teacher.to_dict())
-  t.data.update(manual_dir=rooms, data_dir=tfds_dir)
-  t.data.synthetic.scenes = 0  # the world stage generates
-  out["teacher"] = t
+  out = demo_config.stages(c)
+  for stage in out.values():
+    stage.data.update(manual_dir=rooms, data_dir=tfds_dir)
+    stage.data.synthetic.scenes = 0  # the world stage generates
   for method in ("ppkt", "pointcontrast"):
-    p = ml_collections.ConfigDict(c[method].to_dict())
-    p.data.update(manual_dir=rooms, data_dir=tfds_dir, split="train")
-    p.data.synthetic.scenes = 0
-    if method == "ppkt":
-      p.ppkt.teacher.checkpoint = os.path.join(workdir, "teacher", "teacher")
-    out[method] = p
-  f = ml_collections.ConfigDict(c.finetune.to_dict())
-  f.data.update(manual_dir=rooms, data_dir=tfds_dir)
-  f.data.synthetic.scenes = 0
-  out["finetune"] = f
+    out[method].data.split = "train"
+  out["ppkt"].ppkt.teacher.checkpoint = os.path.join(workdir, "teacher", "teacher")
   for name, template in demo_config.templates().items():
     config_lib.check_config(out[name], template)
   return out
@@ -150,8 +141,6 @@ def run(c: ml_collections.ConfigDict, workdir: str, results_dir: str) -> None:
   """Runs (or resumes) every stage of the study `c` in `workdir`; the report goes to
   `results_dir`."""
   config_lib.check_config(c, demo_config.get_config())
-  c = ml_collections.ConfigDict(c.to_dict())
-  demo_config.share(c)  # overrides of shared keys reach every stage
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   configs = stage_configs(c, workdir)

@@ -316,6 +316,7 @@ def write_results(results_dir, c, configs, workdir, runs, teacher_result, pretra
   with open(os.path.join(results_dir, "results.json"), "w") as f:
     json.dump({"table": table, "runs": runs, "teacher": teacher_result,
                "pretraining": pretrained, "timings_seconds": timings,
-               "config": c.to_dict(), "pictures": [os.path.basename(p) for p in pictures]},
+               "config": {**c.to_dict(), "stages": {k: v.to_dict() for k, v in configs.items()}},
+               "pictures": [os.path.basename(p) for p in pictures]},
               f, indent=1, default=str)
   print(open(os.path.join(results_dir, "results.md")).read())

@@ -24,11 +24,19 @@ def test_every_run_of_the_study_is_listed_once():
   assert {r["fraction"] for r in runs} == set(c.study.fractions)
   # At least 3 seeds for the small label fractions.
   assert all(s >= 3 for f, s in zip(c.study.fractions, c.study.seeds) if f <= 0.05)
-  # Every stage gives the student the same input: pretraining and fine-tuning alike.
+  # Every stage gives the student the same input, and PointContrast PPKT's budget.
   for arg in (None, "runlocal", "full"):
     c = demo_config.get_config(arg)
-    assert (c.ppkt.points.colors == c.pointcontrast.points.colors == c.finetune.crop.colors
-            == c.student_colors)
+    c.student, c.student_colors = "pointnet2_tiny", True  # shared keys set in one place
+    stages = demo_config.stages(c)
+    assert (stages["ppkt"].points.colors == stages["pointcontrast"].points.colors
+            == stages["finetune"].crop.colors is True)
+    assert {s.student for s in (stages["ppkt"], stages["pointcontrast"], stages["finetune"])} == {
+        "pointnet2_tiny"}
+    for key in ("points", "optimizer", "per_device_batch", "total_steps", "checkpointing"):
+      assert stages["pointcontrast"][key] == stages["ppkt"][key], key
+    assert stages["pointcontrast"].pointcontrast.num_matches == stages["ppkt"].ppkt.num_pairs
+    assert "ppkt" not in stages["pointcontrast"]
 
 
 def test_demo_runs_every_stage_writes_results_and_resumes(tmp_path):
@@ -42,8 +50,10 @@ def test_demo_runs_every_stage_writes_results_and_resumes(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=1200)
   assert done.returncode == 0, done.stderr[-3000:]
   report = json.load(open(os.path.join(results, "results.json")))
-  assert report["config"]["ppkt"]["points"]["colors"] is True
-  assert report["config"]["finetune"]["crop"]["colors"] is True
+  stages = report["config"]["stages"]
+  assert stages["ppkt"]["points"]["colors"] is True
+  assert stages["pointcontrast"]["points"]["colors"] is True
+  assert stages["finetune"]["crop"]["colors"] is True
   steps = [json.loads(line)["step"] for line in open(
       os.path.join(workdir, "finetune", "finetune_scratch_1_seed0", "metrics.jsonl"))]
   assert steps == [5, 10]

@@ -40,6 +40,7 @@ def get_config(arg=None):
   c.world = ml_collections.ConfigDict(dict(
       scenes=240, frames_per_scene=16, height=120, width=160, seed=0, val_fraction=0.05,
       teacher_fraction=0.65, points_per_m2=300.0))
+  # The student, and whether it reads colours, in every stage (`stages` sets them there).
   c.student = "pointnet2_small"
   # The student reads geometry alone. Every instance of these rooms draws its own colour, so a
   # student given colours fits the instance colours of its few labelled rooms: measured on a
@@ -75,7 +76,10 @@ def get_config(arg=None):
   c.ppkt.log_every = 10
   c.ppkt.checkpointing.update(every=100, keep=2)
 
-  c.pointcontrast = pointcontrast_synthetic.get_config()
+  # PointContrast (demo.py:full) pretrains with PPKT's data, student, optimiser and budget
+  # (`p2p_jax.configs.pretrain.switch_method`); here are its own settings only, with as many
+  # matches per frame pair as PPKT draws pixel-point pairs per frame.
+  c.pointcontrast = pointcontrast_synthetic.get_config().pointcontrast
   c.finetune = finetune_schema.base()
   c.finetune.update(batch_size=8, total_steps=FINETUNE_STEPS, log_every=25)
 
@@ -98,29 +102,33 @@ def get_config(arg=None):
     c.finetune.crop.num_points = 256
     c.finetune.optimizer.warmup_steps = 0
     c.finetune.eval.batch_size = 4
-    c.pointcontrast.pointcontrast.min_overlap = 0.2
+    c.pointcontrast.min_overlap = 0.2
   elif arg == "full":
     # Every baseline and label fraction (PointContrast pretrains with the same budget).
     c.study.update(fractions=(0.01, 0.05, 0.1, 0.25, 1.0), seeds=(3, 3, 1, 1, 1),
                    inits=("scratch", "pointcontrast", "ppkt"))
   elif arg:
     raise ValueError(f"unknown config argument {arg!r}; expected 'runlocal', 'full' or none")
-  share(c)
+  c.pointcontrast.num_matches = c.ppkt.ppkt.num_pairs
   return c
 
 
-def share(c: ml_collections.ConfigDict) -> None:
-  """Sets what the stages share from its one place: the student and its colour input (from
-  `student`, `student_colors`), the teacher's architecture, and PPKT's data and budget for
-  PointContrast. `experiments.demo` calls it again after `--config.*` overrides."""
-  c.ppkt.student = c.pointcontrast.student = c.finetune.student = c.student
-  c.ppkt.points.colors = c.finetune.crop.colors = c.student_colors
-  c.ppkt.ppkt.teacher.arch = c.teacher.arch
-  for key in ("points", "per_device_batch", "total_steps", "log_every", "checkpointing",
-              "optimizer"):
-    c.pointcontrast[key] = ml_collections.ConfigDict(c.ppkt[key].to_dict()) if isinstance(
-        c.ppkt[key], ml_collections.ConfigDict) else c.ppkt[key]
-  c.pointcontrast.pointcontrast.num_matches = c.ppkt.ppkt.num_pairs
+def stages(c: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]:
+  """Each stage's config, with what the stages share set from its one place: the student and
+  its colour input (`student`, `student_colors`) and the teacher's architecture; PointContrast
+  is PPKT's config with its own method settings (`pointcontrast`)."""
+  teacher = ml_collections.ConfigDict(c.teacher.to_dict())
+  ppkt = ml_collections.ConfigDict(c.ppkt.to_dict())
+  ppkt.student = c.student
+  ppkt.points.colors = c.student_colors
+  ppkt.ppkt.teacher.arch = c.teacher.arch
+  pointcontrast = pretrain_schema.switch_method(ppkt, "pointcontrast")
+  pointcontrast.pointcontrast = ml_collections.ConfigDict(c.pointcontrast.to_dict())
+  finetune = ml_collections.ConfigDict(c.finetune.to_dict())
+  finetune.student = c.student
+  finetune.crop.colors = c.student_colors
+  return {"teacher": teacher, "ppkt": ppkt, "pointcontrast": pointcontrast,
+          "finetune": finetune}
 
 
 def templates() -> dict[str, ml_collections.ConfigDict]:
