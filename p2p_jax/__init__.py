@@ -26,6 +26,8 @@ Legend (one name per idea, used everywhere):
     pair_pixels   [B, K, 2]      (row, col) of each pixel-point pair, int32
     pair_points   [B, K]         index into the N points of each pair
     pair_mask     [B, K]         True for real pairs, False for padding
+    match_points  [B, K, 2]      PointContrast: a match's point index in view 0 and in view 1
+    match_mask    [B, K]         True for real matches
 
 Pixels are addressed as (row v, column u); integer coordinates are pixel centres, so an image
 of height H covers rows [-0.5, H - 0.5).

@@ -175,7 +175,7 @@ def test_matches_are_within_the_radius_and_the_transforms_undo_exactly(built, fu
                                          per_device_batch=2, process_index=0, process_count=1)
   host = ds[0]
   out = jax.tree.map(np.asarray, frame_pairs.make_matches_jit(host, config))
-  assert out["points"].shape == (2, 2, 2, 1536, 3) and out["pair_points"].shape == (2, 2, 256, 2)
+  assert out["points"].shape == (2, 2, 2, 1536, 3) and out["match_points"].shape == (2, 2, 256, 2)
   checked = 0
   for d, b in itertools.product(range(2), range(2)):
     mask = out["point_mask"][d, b]
@@ -204,8 +204,8 @@ def test_matches_are_within_the_radius_and_the_transforms_undo_exactly(built, fu
         np.testing.assert_allclose(linear[2] / scale, [0, 0, 1], atol=1e-6)
       assert np.all(p[~mask[v]] == 0)
       world.append(w)
-    pair_mask = out["pair_mask"][d, b]
-    idx = out["pair_points"][d, b][pair_mask]
+    match_mask = out["match_mask"][d, b]
+    idx = out["match_points"][d, b][match_mask]
     dist = np.linalg.norm(world[0][idx[:, 0]] - world[1][idx[:, 1]], axis=-1)
     assert np.all(dist <= config.match_radius + 1e-5), dist.max()
     assert np.all(mask[0][idx[:, 0]]) and np.all(mask[1][idx[:, 1]])
@@ -230,7 +230,7 @@ def test_without_colours_both_views_are_grey_with_the_same_matches(built):
   np.testing.assert_array_equal(grey["point_colors"][mask], 0.5)
   np.testing.assert_array_equal(grey["point_colors"][~mask], 0.0)
   assert with_colour["point_colors"][mask].std() > 0.05
-  for key in ("points", "point_mask", "pair_points", "pair_mask"):
+  for key in ("points", "point_mask", "match_points", "match_mask"):
     np.testing.assert_array_equal(grey[key], with_colour[key])
 
 
@@ -273,4 +273,4 @@ def test_frames_with_few_valid_pixels_are_padded():
   host = frame_pairs.augment_pair((frames[0], frames[1]), np.random.default_rng(0), config)
   out = jax.tree.map(np.asarray, frame_pairs.make_matches_jit(host, config))
   assert out["point_mask"][0].sum() == 256 and out["point_mask"][1].sum() == 12
-  assert out["pair_mask"].sum() <= 12 and np.all(np.isfinite(out["points"]))
+  assert out["match_mask"].sum() <= 12 and np.all(np.isfinite(out["points"]))

@@ -27,8 +27,8 @@ The host and device halves mirror `pipeline`'s; the pieces the two share (frame 
 range, colour lookup, the Grain dataset) are in `frames`.
 
 Arrays of a pair carry a view axis of size 2 after any batch axes: `points [..., 2, N, 3]`,
-`point_mask [..., 2, N]`; `pair_points [..., K, 2]` holds a match's point index in view 0 and
-in view 1, and `pair_mask [..., K]` marks real matches.
+`point_mask [..., 2, N]`; `match_points [..., K, 2]` holds a match's point index in view 0 and
+in view 1, and `match_mask [..., K]` marks real matches.
 """
 
 import dataclasses
@@ -451,7 +451,7 @@ def _matches_one(pair: dict[str, jax.Array], config: MatchConfig) -> dict[str, j
   points_b, mask_b, colors_b = view(1, key_b)
   nearest, matched = _match(points_a, mask_a, points_b, mask_b, config.match_radius)
   chosen = geometry.sample_indices(key_match, matched, config.num_matches)
-  pair_points = jnp.stack([chosen, nearest[chosen]], axis=-1).astype(jnp.int32)
+  match_points = jnp.stack([chosen, nearest[chosen]], axis=-1).astype(jnp.int32)
 
   points, forwards, inverses = [], [], []
   for v, (p, m) in enumerate(((points_a, mask_a), (points_b, mask_b))):
@@ -465,8 +465,8 @@ def _matches_one(pair: dict[str, jax.Array], config: MatchConfig) -> dict[str, j
       "points": jnp.stack(points),
       "point_mask": jnp.stack([mask_a, mask_b]),
       "point_colors": jnp.stack([colors_a, colors_b]),
-      "pair_points": pair_points,
-      "pair_mask": matched[chosen],
+      "match_points": match_points,
+      "match_mask": matched[chosen],
       "points_from_world": jnp.stack(forwards),
       "world_from_points": jnp.stack(inverses),
   }
@@ -482,8 +482,8 @@ def make_matches(batch: dict[str, jax.Array], config: MatchConfig) -> dict[str, 
 
   Returns:
     With the same leading axes: "points" float32 [2, N, 3] (each view in its own augmented
-    frame), "point_mask" [2, N], "point_colors" float32 [2, N, 3] in [0, 1], "pair_points"
-    int32 [K, 2] (index in view 0, index in view 1), "pair_mask" [K], and the per-view
+    frame), "point_mask" [2, N], "point_colors" float32 [2, N, 3] in [0, 1], "match_points"
+    int32 [K, 2] (index in view 0, index in view 1), "match_mask" [K], and the per-view
     transforms "points_from_world" and "world_from_points" float32 [2, 4, 4] (inverses).
   """
   if config.num_matches > config.num_points:

@@ -74,8 +74,8 @@ class PointContrastModel(nn.Module):
     out, _ = self.student(merge(points), merge(batch["point_colors"]),
                           merge(batch["point_mask"]), train=train)
     out = out.reshape((batch_size, views, num_points) + out.shape[2:])
-    return (pointops.gather_points(out[:, 0], batch["pair_points"][..., 0]),
-            pointops.gather_points(out[:, 1], batch["pair_points"][..., 1]))
+    return (pointops.gather_points(out[:, 0], batch["match_points"][..., 0]),
+            pointops.gather_points(out[:, 1], batch["match_points"][..., 1]))
 
 
 def init_state(model: PointContrastModel, tx: optax.GradientTransformation, key: jax.Array,
@@ -108,7 +108,7 @@ def train_step(state: TrainState, host_batch: dict[str, jax.Array], *,
     "learning_rate", "grad_norm", "param_norm", "update_norm".
   """
   batch = frame_pairs.make_matches(host_batch, match_config)
-  where = batch["pair_mask"].reshape(-1)
+  where = batch["match_mask"].reshape(-1)
   flat = lambda x: x.reshape((-1, x.shape[-1]))
 
   def pair_losses(params, negatives_axis):
