@@ -129,10 +129,9 @@ def run(*, workdir: str | None, total_steps: int, init: Callable[[], Any],
   if workdir is not None:
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    manager = ocp.CheckpointManager(
-        os.path.join(workdir, "checkpoints"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep,
-                                             save_interval_steps=checkpoint_every or total_steps))
+    # The loop decides when to save (below), so the state leaves the devices only then.
+    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
+                                    options=ocp.CheckpointManagerOptions(max_to_keep=keep))
     latest = manager.latest_step()
     if latest is not None:
       restored = manager.restore(latest, args=ocp.args.Composite(
@@ -148,15 +147,15 @@ def run(*, workdir: str | None, total_steps: int, init: Callable[[], Any],
     state = init()
   state = place(state)
 
-  def save(step_number, state, force):
-    if force:  # a save still in flight would make the manager skip this one
+  def save(step_number, state, final):
+    if final:  # the last save waits for any save still in flight
       manager.wait_until_finished()
     # As NumPy: every process holds the same values, and process 0 writes them.
     host_state = jax.device_get(to_host(state))
     items = {"state": ocp.args.StandardSave(host_state),
              **save_items(host_state),
              "data": ocp.args.JsonSave({"next_batch": step_number})}
-    manager.save(step_number, force=force, args=ocp.args.Composite(**items))
+    manager.save(step_number, force=final, args=ocp.args.Composite(**items))
 
   terminated = []
   previous = signal.signal(signal.SIGTERM, lambda *_: terminated.append(True))
@@ -195,8 +194,10 @@ def run(*, workdir: str | None, total_steps: int, init: Callable[[], Any],
         bar.set_postfix({k: f"{last[k]:.3f}" for k in postfix if last.get(k) is not None})
       bar.update(1)
       stop = bool(terminated)  # read once: a signal between save and check is not lost
-      if manager is not None:
-        save(index + 1, state, force=stop or index + 1 == end)
+      final = stop or index + 1 == end
+      if manager is not None and (final or (checkpoint_every and
+                                            (index + 1) % checkpoint_every == 0)):
+        save(index + 1, state, final)
       if stop:
         logging.warning("SIGTERM: saved step %d of %s and stopped", index + 1, workdir)
         break
