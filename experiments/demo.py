@@ -20,11 +20,12 @@ Finished runs keep their `results.json`; pretraining resumes from its Orbax chec
 
 import json
 import os
+import sys
 import time
 from typing import Any
 
 import ml_collections
-from absl import app, flags
+from absl import flags, logging
 from ml_collections import config_flags
 
 from experiments.configs import demo as demo_config
@@ -33,10 +34,19 @@ from p2p_jax.tasks import segmentation
 from p2p_jax.train import config as config_lib
 from p2p_jax.train import finetune, pretrain, teacher
 
-_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/demo.py",
-                                          "the study's config file[:arg]", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", "work_dirs/demo", "work dir of every stage")
-_RESULTS = flags.DEFINE_string("results", "results", "where the report goes")
+
+def parse(argv: list[str]) -> tuple[ml_collections.ConfigDict, str, str]:
+  """(config, workdir, results dir) from the command line (without the program name):
+  `--config path[:arg]` with `--config.x=` overrides, `--workdir`, `--results`."""
+  fv = flags.FlagValues()
+  config = config_flags.DEFINE_config_file("config", "experiments/configs/demo.py",
+                                           "the study's config file[:arg]", flag_values=fv,
+                                           lock_config=True, sys_argv=["demo", *argv])
+  workdir = flags.DEFINE_string("workdir", "work_dirs/demo", "work dir of every stage",
+                                flag_values=fv)
+  results = flags.DEFINE_string("results", "results", "where the report goes", flag_values=fv)
+  fv(["demo", *argv])
+  return config.value, workdir.value, results.value
 
 
 def stage_configs(c: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -186,10 +196,20 @@ def run(c: ml_collections.ConfigDict, workdir: str, results_dir: str) -> None:
   print(f"demo finished in {total / 60:.1f} min; results in {os.path.abspath(results_dir)}")
 
 
-def main(argv) -> None:
-  del argv
-  run(_CONFIG.value, _WORKDIR.value, _RESULTS.value)
+def main(argv: list[str] | None = None) -> int:
+  logging.set_verbosity(logging.INFO)
+  try:
+    config, workdir, results = parse(sys.argv[1:] if argv is None else argv)
+  except flags.Error as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except (AttributeError, KeyError) as e:  # --config.x= for a key the config does not have
+    print(f"error: a --config.* override names a key the config does not have: {e}",
+          file=sys.stderr)
+    return 2
+  run(config, workdir, results)
+  return 0
 
 
 if __name__ == "__main__":
-  app.run(main)
+  sys.exit(main())
