@@ -1,5 +1,6 @@
 """Sparse convolution: kernel maps against brute force, convolutions against dense ones."""
 
+import functools
 import warnings
 
 import jax
@@ -110,14 +111,66 @@ def assert_grads_close(sparse_loss, dense_loss, args):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
 
 
-def test_conv_matches_dense_convolution():
+def level_map(coords, mask, batch, impl, kernel_size=3):
+  """The level's map for `impl`: the dense-gather `KernelMap` or its exact `PairMap`."""
+  kmap, _ = jax.jit(sparse.kernel_map, static_argnums=(2, 3))(coords, mask, batch, kernel_size)
+  if impl == "dense":
+    return kmap
+  num_pairs = int(np.sum(np.asarray(kmap.neighbours) < len(coords)) - mask.sum())
+  pairs, dropped = jax.jit(sparse.pair_map, static_argnums=(1, 2))(
+      kmap, batch, sparse.pair_capacity(num_pairs, kernel_size**3))
+  np.testing.assert_array_equal(dropped, 0)
+  return pairs
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+def test_pair_map_matches_brute_force_and_counts_what_does_not_fit(kernel_size):
+  rng = np.random.default_rng(10 + kernel_size)
+  coords, mask = random_level(rng, occupancy=0.5)
+  expected = brute_force_neighbours(coords, mask, 96, kernel_size)
+  rows, centre = len(coords), kernel_size**3 // 2
+  triples = {(i, int(j), o) for i, o in zip(*np.nonzero(expected < rows)) if o != centre
+             for j in [expected[i, o]]}
+  per_offset = np.bincount([o for _, _, o in triples], minlength=kernel_size**3)
+  kmap, _ = jax.jit(sparse.kernel_map, static_argnums=(2, 3))(coords, mask, 2, kernel_size)
+  fn = jax.jit(sparse.pair_map, static_argnums=(1, 2))
+  capacity = sparse.pair_capacity(len(triples), kernel_size**3)
+  pairs, dropped = fn(kmap, 2, capacity)
+  np.testing.assert_array_equal(dropped, [0, 0])
+  tile = pairs.tile
+  assert capacity % tile == 0 and len(pairs.tile_offset) == capacity // tile
+  in_rows, out_rows = np.asarray(pairs.in_rows), np.asarray(pairs.out_rows)
+  offsets = np.repeat(np.asarray(pairs.tile_offset), tile)
+  used = out_rows < rows
+  assert np.all((in_rows < rows) == used)
+  got = set(zip(out_rows[used].tolist(), in_rows[used].tolist(), offsets[used].tolist()))
+  assert got == triples and used.sum() == len(triples)  # each pair once, at its offset
+  np.testing.assert_array_equal(pairs.center, mask)
+  # Too few slots: whole tiles per offset, in offset order, until the list is full.
+  small = capacity // 2 // tile * tile
+  tile = sparse.pair_tile(small)
+  _, dropped = fn(kmap, 2, small)
+  slots, kept = 0, {0: 0, 1: 0}
+  for o in np.flatnonzero(per_offset):
+    room = max(0, small - slots)
+    chosen = sorted(i for i, _, oo in triples if oo == o)[:room]
+    for i in chosen:
+      kept[i // 96] += 1
+    slots += -(-per_offset[o] // tile) * tile
+  total = {b: sum(1 for i, _, _ in triples if i // 96 == b) for b in (0, 1)}
+  np.testing.assert_array_equal(dropped, [total[0] - kept[0], total[1] - kept[1]])
+  assert int(np.sum(dropped)) > 0
+
+
+@pytest.mark.parametrize("impl", ["dense", "pairs"])
+def test_conv_matches_dense_convolution(impl):
   rng = np.random.default_rng(2)
   coords, mask = random_level(rng, origin=(0, 0, 0))
   coords[~mask, 1:] = 0  # (dense reference indexing only; the map ignores padding rows)
   features = rng.normal(size=(len(coords), 5)).astype(np.float32)
   kernel = rng.normal(size=(27, 5, 4)).astype(np.float32)
   weights = rng.normal(size=(int(mask.sum()), 4)).astype(np.float32)
-  kmap, _ = jax.jit(sparse.kernel_map, static_argnums=2)(coords, mask, 2)
+  kmap = level_map(coords, mask, 2, impl)
 
   def dense(f, k):
     grid = jnp.asarray(dense_grid(coords, mask, np.zeros_like(features), 2, (0,) * 3, SIZE + 2))
@@ -208,7 +261,30 @@ def test_conv_backward_keeps_no_gathered_neighbours():
   assert compiled.memory_analysis().temp_size_in_bytes < 2 * gather_bytes
 
 
-def test_padding_rows_change_nothing():
+def test_pair_and_dense_gather_convolutions_agree_in_values_and_gradients():
+  """Stacked layers on a denser level and a 5x5x5 kernel: pair lists == dense gathers."""
+  rng = np.random.default_rng(7)
+  coords, mask = random_level(rng, occupancy=0.6)
+  maps = {impl: (level_map(coords, mask, 2, impl), level_map(coords, mask, 2, impl, 5))
+          for impl in ("dense", "pairs")}
+  x = rng.normal(size=(len(coords), 6)).astype(np.float32)
+  k3 = rng.normal(size=(27, 6, 7)).astype(np.float32) * 0.3
+  k5 = rng.normal(size=(125, 7, 5)).astype(np.float32) * 0.1
+
+  def loss(impl, x, k3, k5):
+    m3, m5 = maps[impl]
+    y = jnp.tanh(sparse.conv(x, m3, k3))
+    return jnp.sum(jnp.sin(sparse.conv(y, m5, k5)) * mask[:, None])
+
+  results = {impl: jax.jit(jax.value_and_grad(functools.partial(loss, impl), argnums=(0, 1, 2)))(
+      x, k3, k5) for impl in maps}
+  for a, b in zip(jax.tree.leaves(results["pairs"]), jax.tree.leaves(results["dense"])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
+  np.testing.assert_array_equal(np.asarray(results["pairs"][1][0])[~mask], 0.0)
+
+
+@pytest.mark.parametrize("impl", ["dense", "pairs"])
+def test_padding_rows_change_nothing(impl):
   """More padding rows (with garbage coordinates) leave every valid output unchanged."""
   rng = np.random.default_rng(4)
   coords, mask = random_level(rng, batch=1, capacity=64)
@@ -223,6 +299,8 @@ def test_padding_rows_change_nothing():
   @jax.jit
   def layers(c, m, f):
     kmap, _ = sparse.kernel_map(c, m, 1)
+    if impl == "pairs":
+      kmap, _ = sparse.pair_map(kmap, 1, sparse.pair_capacity(26 * 64))
     _, _, smap, _ = sparse.coarsen(c, m, 1, 32)
     y = sparse.conv(f, kmap, kernel)
     z = sparse.conv_up(sparse.conv_down(y, smap, kernel[:8, :2]), smap, kernel[:8, :2])

@@ -47,13 +47,15 @@ _kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 class SparseConv(nn.Module):
-  """Stride-1 sparse convolution on a level's `KernelMap` (kernel [K^3, C_in, features])."""
+  """Stride-1 sparse convolution on a level's `KernelMap` or `PairMap` (kernel
+  [K^3, C_in, features])."""
   features: int
 
   @nn.compact
-  def __call__(self, x: jax.Array, kmap: sparse.KernelMap) -> jax.Array:
-    kernel = self.param("kernel", _kernel_init,
-                        (kmap.neighbours.shape[1], x.shape[-1], self.features))
+  def __call__(self, x: jax.Array, kmap: sparse.KernelMap | sparse.PairMap) -> jax.Array:
+    num_offsets = (kmap.num_offsets if isinstance(kmap, sparse.PairMap)
+                   else kmap.neighbours.shape[1])
+    kernel = self.param("kernel", _kernel_init, (num_offsets, x.shape[-1], self.features))
     return sparse.conv(x, kmap, kernel)
 
 
@@ -88,7 +90,7 @@ class BasicBlock(nn.Module):
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(self, x, kmap: sparse.KernelMap, mask, *, train: bool):
+  def __call__(self, x, kmap: sparse.KernelMap | sparse.PairMap, mask, *, train: bool):
     bn = functools.partial(MaskedBatchNorm, axis_name=self.bn_axis_name)
     out = SparseConv(self.planes, name="conv1")(x, kmap)
     out = bn(relu=True, name="norm1")(out, mask, train=train)
@@ -105,15 +107,16 @@ class Levels(NamedTuple):
   tensor: sparse.SparseTensor
   point_rows: jax.Array
   masks: list[jax.Array]
-  kmaps: list[sparse.KernelMap]
+  kmaps: list[sparse.KernelMap | sparse.PairMap]
   smaps: list[sparse.StrideMap]
-  stem_map: sparse.KernelMap
+  stem_map: sparse.KernelMap | sparse.PairMap
   overflow: jax.Array
   num_voxels: jax.Array
 
 
 def build_levels(points, features, point_mask, voxel_size: float, capacities: Sequence[int],
-                 stem_kernel_size: int = 3) -> Levels:
+                 stem_kernel_size: int = 3,
+                 pair_capacities: Sequence[int] | None = None) -> Levels:
   """Voxelises points and builds every level's kernel maps, once for the whole network.
 
   Args:
@@ -123,11 +126,15 @@ def build_levels(points, features, point_mask, voxel_size: float, capacities: Se
     voxel_size: level-0 voxel edge.
     capacities: voxels per cloud of each level (static), finest first.
     stem_kernel_size: kernel size of the stem convolution (its own map if not 3).
+    pair_capacities: non-centre pair slots of each level for the whole batch (static, see
+      `sparse.pair_capacity`): the levels' 3x3x3 maps become `PairMap`s; None keeps the
+      dense `KernelMap`s. A 5x5x5 stem keeps its dense map (3 input channels: cheap).
 
   Returns:
     `Levels` with the level-0 tensor, each point's row, per-level masks, 3x3x3 kernel maps,
     stride-2 maps between consecutive levels, the stem's map, overflow [B] (voxels dropped
-    at any level plus key-range failures) and num_voxels [B, L] (occupied, before capacity).
+    at any level, pairs that did not fit and key-range failures) and num_voxels [B, L]
+    (occupied, before capacity).
   """
   batch = points.shape[0]
   tensor, point_rows, overflow = sparse.voxelize(points, features, point_mask, voxel_size,
@@ -146,6 +153,11 @@ def build_levels(points, features, point_mask, voxel_size: float, capacities: Se
       overflow = overflow + ovf
       num_voxels.append(jnp.sum(m.reshape(batch, -1), axis=1) + ovf)
   stem_map = kmaps[0]
+  if pair_capacities is not None:
+    for level, capacity in enumerate(pair_capacities):
+      kmaps[level], dropped = sparse.pair_map(kmaps[level], batch, capacity)
+      overflow = overflow + dropped
+    stem_map = kmaps[0]
   if stem_kernel_size != 3:
     stem_map, key_overflow = sparse.kernel_map(coords[0], masks[0], batch, stem_kernel_size)
     overflow = overflow + key_overflow
@@ -171,6 +183,12 @@ class SparseUNet(nn.Module):
       shrink about 4x per level, so the defaults leave room to spare).
     out_features: width of an optional final 1x1 convolution with bias; None: planes[7].
     bn_axis_name: pmap / shard_map axis for cross-device BatchNorm statistics, or None.
+    conv_impl: "pairs" (per-offset pair lists of the occupied pairs, for CPU and GPU) or
+      "dense" (all 27 offsets of every voxel, the candidate on TPU); see `sparse.conv`.
+    pairs_per_voxel: pair slots of levels 0-4 per voxel slot of the level ("pairs" only):
+      non-centre neighbours a voxel may have on average, at most 26. Surfaces have about 2-3
+      at level 0 and more at coarser levels; pairs that do not fit are counted in
+      aux["overflow"] like voxels.
     warn_on_overflow: emit a host warning (via `jax.debug.callback`) when voxels were dropped.
   """
   planes: Sequence[int] = (32, 64, 128, 256, 256, 128, 96, 96)
@@ -182,6 +200,8 @@ class SparseUNet(nn.Module):
   coarse_capacity_ratios: Sequence[float] = (0.5, 0.25, 0.125, 0.0625)
   out_features: int | None = None
   bn_axis_name: str | None = None
+  conv_impl: str = "pairs"
+  pairs_per_voxel: Sequence[float] = (4.0, 8.0, 11.0, 12.0, 14.0)
   warn_on_overflow: bool = True
 
   @property
@@ -194,6 +214,17 @@ class SparseUNet(nn.Module):
     base = self.capacity or num_points
     return (base,) + tuple(max(8, 8 * math.ceil(base * r / 8)) for r in
                            self.coarse_capacity_ratios)
+
+  def pair_capacities(self, batch_size: int, num_points: int) -> tuple[int, ...] | None:
+    """Pair slots of levels 0-4 for a batch ("pairs"), or None ("dense")."""
+    if self.conv_impl == "dense":
+      return None
+    if self.conv_impl != "pairs":
+      raise ValueError(f"conv_impl must be 'pairs' or 'dense', got {self.conv_impl!r}")
+    if len(self.pairs_per_voxel) != 5:
+      raise ValueError(f"pairs_per_voxel needs 5 entries, got {self.pairs_per_voxel}")
+    return tuple(sparse.pair_capacity(min(r, 26) * batch_size * c) for r, c in
+                 zip(self.pairs_per_voxel, self.capacities(num_points)))
 
   @nn.compact
   def __call__(self, points: jax.Array, features: jax.Array | None = None,
@@ -227,7 +258,8 @@ class SparseUNet(nn.Module):
     points = jnp.where(point_mask[..., None], points, 0.0)
 
     levels = build_levels(points, features, point_mask, self.voxel_size,
-                          self.capacities(num), self.conv0_kernel_size)
+                          self.capacities(num), self.conv0_kernel_size,
+                          self.pair_capacities(batch, num))
     tensor, masks, kmaps, smaps = levels.tensor, levels.masks, levels.kmaps, levels.smaps
     overflow = levels.overflow
     if self.warn_on_overflow:
