@@ -20,6 +20,7 @@ from datasets.scannet_frames import dummy_data
 from datasets.scannet_scenes import build as scenes_cli
 from p2p_jax import geometry
 from p2p_jax.data import labels, scannet
+from p2p_jax.data import s3dis as s3dis_lib
 from p2p_jax.data import scannet_frames as frames_lib
 from p2p_jax.data import scannet_scenes as scenes_lib
 
@@ -373,13 +374,15 @@ def test_loading_an_unbuilt_dataset_says_how_to_build_it(tmp_path):
     scenes_lib.load_scenes(str(tmp_path), "train")
 
 
-@pytest.mark.parametrize("name,cls", [("scannet_frames", frames_lib.ScannetFrames),
-                                      ("scannet_scenes", scenes_lib.ScannetScenes)])
-def test_tfds_finds_each_builder_in_its_datasets_folder(name, cls):
+@pytest.mark.parametrize("name,cls,citation", [
+    ("scannet_frames", frames_lib.ScannetFrames, "dai2017scannet"),
+    ("scannet_scenes", scenes_lib.ScannetScenes, "dai2017scannet"),
+    ("s3dis", s3dis_lib.S3dis, "armeni2016s3dis")])
+def test_tfds_finds_each_builder_in_its_datasets_folder(name, cls, citation):
   # As `tfds build datasets/<name>` loads it: the folder's module, this folder's citation.
   folder = os.path.join(os.path.dirname(__file__), "..", "datasets")
   with tfds.core.utils.add_sys_path(folder):
     builder = tfds.core.community.builder_cls_from_module(f"{name}.{name}_dataset_builder")
   assert issubclass(builder, cls) and builder.name == cls.name == name
-  assert "dai2017scannet" in builder.get_metadata().citation
+  assert citation in builder.get_metadata().citation
   assert tfds.builder_cls(name) is cls  # the package's class stays the registered one

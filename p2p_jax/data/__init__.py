@@ -5,6 +5,7 @@
     export           the scenes of each split of an export, and the tally of skipped files
     scannet_frames   RGB-D frames as a TFDS dataset (array_record, read without TensorFlow)
     scannet_scenes   scene point clouds with ScanNet-20 labels as a TFDS dataset
+    s3dis            S3DIS rooms with their 13 classes as a TFDS dataset, one split per area
     labels           NYU40 ids and the 20 ScanNet benchmark classes
     frames           what both pretraining pipelines share: frame fields, depth range, colour
                      lookup, the Grain dataset
@@ -12,5 +13,5 @@
     frame_pairs      overlapping frame pairs and their matches (PointContrast)
     teacher_cache    the frozen teacher's features of fixed views, stored once
     teacher_frames   the 2D teacher's scenes and frames
-    synthetic        procedural rooms in the ScanNet export layout
+    synthetic        procedural rooms in the ScanNet export layout (and the S3DIS layout)
 """

@@ -6,6 +6,7 @@ build is reused) and multi-host safe: process 0 writes, every process waits for 
     frames(data)          synthetic rooms when asked, then scannet_frames (pretraining)
     scenes(data)          synthetic rooms when asked, then scannet_scenes (fine-tuning)
     teacher(data)         synthetic rooms when asked, then the teacher's export and frames
+    s3dis(data)           synthetic rooms in the S3DIS layout when asked, then s3dis
 
 `data` is the `data` field of an experiment config: manual_dir, data_dir, frames_config and
 `synthetic` (settings of `synthetic.generate_if_asked`), plus the teacher's holdout keys.
@@ -16,7 +17,9 @@ from collections.abc import Callable
 import jax
 from jax.experimental import multihost_utils
 
+from p2p_jax.data import s3dis as s3dis_lib
 from p2p_jax.data import scannet_frames, scannet_scenes, synthetic, teacher_frames
+from p2p_jax.data.synthetic import s3dis_writer
 
 
 def _on_lead(name: str, write: Callable[[], None]) -> None:
@@ -51,3 +54,12 @@ def teacher(data) -> None:
     teacher_frames.write_export(data.manual_dir, root, train, held_out)
     teacher_frames.build(root, data.frames_config)
   _on_lead("teacher frames prepared", write)
+
+
+def s3dis(data) -> None:
+  """Writes synthetic rooms in the S3DIS layout if asked (`s3dis_writer.generate_if_asked`:
+  `synthetic.scenes` rooms spread over the areas), then builds s3dis into `data.data_dir`."""
+  def write():
+    s3dis_writer.generate_if_asked(data.manual_dir, data.synthetic)
+    s3dis_lib.build_s3dis(data.manual_dir, data.data_dir)
+  _on_lead("s3dis prepared", write)
