@@ -12,8 +12,8 @@ def synthetic(**overrides) -> ml_collections.ConfigDict:
 
 
 def optimizer(**overrides) -> ml_collections.ConfigDict:
-  """`optimizer`: "sgd" (with momentum) or "adamw" on a warm-up + cosine schedule
-  (`p2p_jax.train.state.OptimizerConfig`)."""
+  """`optimizer`: "sgd" (with momentum, optionally dampened) or "adamw" on a warm-up + cosine
+  or poly schedule (`p2p_jax.train.state.OptimizerConfig`)."""
   return ml_collections.ConfigDict(dict(
-      name="adamw", learning_rate=1e-2, weight_decay=1e-4, momentum=0.9,
-      warmup_steps=0) | overrides)
+      name="adamw", learning_rate=1e-2, weight_decay=1e-4, momentum=0.9, dampening=0.0,
+      warmup_steps=0, schedule="cosine", power=0.9) | overrides)

@@ -48,7 +48,12 @@ class OptimizerConfig:
     weight_decay: L2 weight decay (added to the gradient for SGD, decoupled for AdamW).
     momentum: SGD momentum (unused by AdamW).
     warmup_steps: linear warm-up from 0.
-    total_steps: length of the cosine schedule.
+    total_steps: length of the schedule.
+    schedule: "cosine" (decay to 0 at `total_steps`) or "poly" (MinkowskiEngine's PolyLR:
+      lr (1 - step / (total_steps + 1))^power, the fine-tuning schedule of the paper's code).
+    power: the "poly" schedule's exponent.
+    dampening: SGD momentum dampening as in `torch.optim.SGD`: the momentum buffer starts at
+      the first gradient, then b = momentum b + (1 - dampening) g.
   """
   name: str = "adamw"
   learning_rate: float = 1e-2
@@ -56,19 +61,55 @@ class OptimizerConfig:
   momentum: float = 0.9
   warmup_steps: int = 0
   total_steps: int = 300
+  schedule: str = "cosine"
+  power: float = 0.9
+  dampening: float = 0.0
 
   @classmethod
   def from_config(cls, optimizer, total_steps: int) -> "OptimizerConfig":
     """From an experiment config's `optimizer` field and the run's length."""
     return cls(name=optimizer.name, learning_rate=optimizer.learning_rate,
                weight_decay=optimizer.weight_decay, momentum=optimizer.momentum,
-               warmup_steps=optimizer.warmup_steps, total_steps=total_steps)
+               warmup_steps=optimizer.warmup_steps, total_steps=total_steps,
+               schedule=optimizer.schedule, power=optimizer.power,
+               dampening=optimizer.dampening)
 
 
 def make_schedule(config: OptimizerConfig):
-  """Linear warm-up to the learning rate, then cosine decay to 0 at `total_steps`."""
-  return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps,
-                                            max(config.total_steps, config.warmup_steps + 1))
+  """Linear warm-up to the learning rate, then cosine decay to 0 at `total_steps` ("cosine"),
+  or MinkowskiEngine's PolyLR after the warm-up ("poly")."""
+  if config.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps,
+                                              max(config.total_steps, config.warmup_steps + 1))
+  if config.schedule != "poly":
+    raise ValueError(f"unknown schedule {config.schedule!r}; expected 'cosine' or 'poly'")
+  length = max(config.total_steps - config.warmup_steps, 1) + 1
+
+  def poly(step):
+    after = jnp.maximum(step - config.warmup_steps, 0)
+    decay = config.learning_rate * (1.0 - jnp.minimum(after, length) / length) ** config.power
+    if not config.warmup_steps:
+      return decay
+    return jnp.where(step < config.warmup_steps,
+                     config.learning_rate * step / config.warmup_steps, decay)
+
+  return poly
+
+
+def _dampened_momentum(momentum: float, dampening: float) -> optax.GradientTransformation:
+  """torch.optim.SGD's momentum buffer: b_1 = g_1, then b = momentum b + (1 - dampening) g."""
+  def init(params):
+    return (jnp.zeros((), jnp.int32), jax.tree.map(jnp.zeros_like, params))
+
+  def update(grads, state, params=None):
+    del params
+    count, buffer = state
+    buffer = jax.tree.map(
+        lambda b, g: jnp.where(count == 0, g, momentum * b + (1.0 - dampening) * g),
+        buffer, grads)
+    return buffer, (count + 1, buffer)
+
+  return optax.GradientTransformation(init, update)
 
 
 @functools.cache
@@ -76,6 +117,10 @@ def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
   """SGD with momentum or AdamW on `make_schedule(config)`; one object per config, so steps
   that take it as a static argument compile once."""
   schedule = make_schedule(config)
+  if config.name == "sgd" and config.dampening:
+    return optax.chain(optax.add_decayed_weights(config.weight_decay),
+                       _dampened_momentum(config.momentum, config.dampening),
+                       optax.scale_by_learning_rate(schedule))
   if config.name == "sgd":
     return optax.chain(optax.add_decayed_weights(config.weight_decay),
                        optax.sgd(schedule, momentum=config.momentum))
