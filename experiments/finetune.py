@@ -12,7 +12,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from p2p_jax.configs import finetune as schema
-from p2p_jax.data import prepare
+from p2p_jax.tasks import segmentation
 from p2p_jax.train import finetune
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]",
@@ -24,7 +24,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   logging.set_verbosity(logging.INFO)
-  prepare.scenes(_CONFIG.value.data)
+  segmentation.prepare(_CONFIG.value.data)
   results = finetune.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
                                         template=schema.base())
   print(results["iou_table"])

@@ -11,7 +11,7 @@ import pytest
 from flax import traverse_util
 
 from p2p_jax import checkpoints
-from p2p_jax.models import pointnet2, student
+from p2p_jax.models import pointnet2, sparse_unet, student
 from p2p_jax.tasks import segmentation
 from p2p_jax.train import parallel
 
@@ -73,6 +73,32 @@ def test_a_mismatched_checkpoint_names_every_problem(tmp_path):
           "(64, 32), found (3, 5)") in message
   assert "unexpected: batch_stats/backbone/sa9/mean (found shape (4,))" in message
 
+
+
+def test_an_sr_unet_checkpoint_loads_like_a_pointnet_one(tmp_path):
+  """SR-UNet: the pretrained backbone (params and statistics) in, the head fresh; a PointNet++
+  checkpoint for an SR-UNet model names what is missing."""
+  pretrain = student.PointModel(sparse_unet.SparseUNetTiny(bn_axis_name=parallel.AXIS),
+                                student.ProjectionHead(16))
+  saved = jax.jit(pretrain.init)(jax.random.key(3), jnp.zeros((1, 64, 3)),
+                                 jnp.zeros((1, 64, 3)), jnp.ones((1, 64), bool))
+  saved = jax.tree.map(lambda x: x + 0.5, dict(saved))
+  save_student(str(tmp_path / "sr"), saved)
+  model = segmentation.make_model("sr_unet_tiny", "finetune", num_classes=13, head_hidden=8)
+  fresh = segmentation.init_variables(model, jax.random.key(0), 128)
+  loaded, step = checkpoints.load_student_backbone(str(tmp_path / "sr"), model, fresh)
+  assert step == 7
+  for collection in ("params", "batch_stats"):
+    for a, b in zip(jax.tree.leaves(loaded[collection]["backbone"]),
+                    jax.tree.leaves(saved[collection]["backbone"]), strict=True):
+      np.testing.assert_array_equal(a, b)
+  for a, b in zip(jax.tree.leaves(loaded["params"]["head"]),
+                  jax.tree.leaves(fresh["params"]["head"]), strict=True):
+    np.testing.assert_array_equal(a, b)
+  save_student(str(tmp_path / "pn"), pretrained_student())
+  with pytest.raises(ValueError, match=r"(?s)does not fit the backbone SparseUNet.*"
+                     r"missing: params/backbone/conv0p1s1/kernel"):
+    checkpoints.load_student_backbone(str(tmp_path / "pn"), model, fresh)
 
 
 def save_pretraining_step(workdir, variables, step=7, config=None):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import test_checkpoints
 
-from experiments.configs import finetune_synthetic
+from experiments.configs import finetune_s3dis, finetune_scannet, finetune_synthetic
 from p2p_jax.configs import finetune as finetune_schema
 from p2p_jax.tasks import segmentation
 from p2p_jax.train import finetune
@@ -23,28 +23,90 @@ CROP = segmentation.CropConfig(num_points=128, size=1.0)
 OPTIMIZER = state_lib.OptimizerConfig(learning_rate=1e-2, total_steps=10)
 
 
-def test_every_config_builds_and_has_only_known_keys():
-  assert "python -m experiments.finetune" in finetune_synthetic.__doc__
+@pytest.mark.parametrize("module", [finetune_synthetic, finetune_s3dis, finetune_scannet])
+def test_every_config_builds_and_has_only_known_keys(module):
+  assert "python -m experiments.finetune" in module.__doc__
   for arg in (None, "runlocal"):
-    check_config(finetune_synthetic.get_config(arg), finetune_schema.base())
+    check_config(module.get_config(arg), finetune_schema.base())
   with pytest.raises(ValueError, match="unknown config argument"):
-    finetune_synthetic.get_config("bogus")
+    module.get_config("bogus")
 
 
-def test_label_subsets_are_nested_and_fixed_by_the_seed():
-  names = [f"scene{i:04d}_00" for i in range(40)]
-  fractions = (0.01, 0.05, 0.1, 0.25, 1.0)
-  subsets = [segmentation.labelled_subset(names, f, seed=3) for f in fractions]
-  assert [len(s) for s in subsets] == [1, 2, 4, 10, 40]
-  for small, large in zip(subsets, subsets[1:]):
-    assert set(small) < set(large)
-  assert subsets[-1] == names
-  # The order the scenes come in does not matter; the seed does.
-  assert segmentation.labelled_subset(names[::-1], 0.25, seed=3) == subsets[3]
-  assert segmentation.labelled_subset(names, 0.25, seed=4) != subsets[3]
-  assert len(segmentation.labelled_subset(names[:3], 0.01, seed=0)) == 1
-  with pytest.raises(ValueError, match="label fraction"):
-    segmentation.labelled_subset(names, 0.0, seed=0)
+def test_the_papers_s3dis_and_scannet_settings():
+  c = finetune_s3dis.get_config()
+  assert (c.data.dataset, c.data.val_area, c.student, c.sparse.voxel_size) == (
+      "s3dis", 5, "sr_unet34c", 0.05)
+  assert segmentation.s3dis_areas(c.data, "train") == [1, 2, 3, 4, 6]
+  assert segmentation.s3dis_areas(c.data, "val") == [5]
+  o = c.optimizer
+  assert (o.name, o.learning_rate, o.momentum, o.dampening, o.weight_decay, o.schedule,
+          o.power, c.total_steps, c.batch_size) == ("sgd", 0.1, 0.9, 0.1, 1e-4, "poly", 0.9,
+                                                    15_000, 32)
+  assert len(segmentation.class_names(c.data)) == 13
+  c = finetune_scannet.get_config()
+  assert (c.student, c.sparse.voxel_size, len(segmentation.class_names(c.data))) == (
+      "sr_unet34c", 0.02, 20)
+  model = segmentation.make_model(c.student, "finetune", **segmentation.student_kwargs(c))
+  assert model.backbone.voxel_size == 0.02 and model.backbone.conv_impl == "pairs"
+  c.data.dataset = "kitti"
+  with pytest.raises(ValueError, match="data.dataset: unknown dataset 'kitti'"):
+    segmentation.class_names(c.data)
+
+
+def test_limited_points_are_nested_reproducible_and_only_labelled_points():
+  scenes = [make_scene(num_points=500, seed=i) for i in range(3)]
+  counts = (20, 50, 100, 200)
+  kept = [segmentation.limited_points(scenes, n, seed=1) for n in counts]
+  for scene in scenes:
+    name, labelled = scene["scene"], np.flatnonzero(scene["labels"] >= 0)
+    for n, k in zip(counts, kept):
+      assert len(k[name]) == n and len(set(k[name])) == n
+      assert set(k[name]) <= set(labelled)  # never an unlabelled point
+    for small, large in zip(kept, kept[1:]):
+      assert set(small[name]) < set(large[name])
+    # Reproducible from the seed and the scene's name alone, whatever the other scenes.
+    alone = segmentation.limited_points([scene], 50, seed=1)
+    np.testing.assert_array_equal(alone[name], kept[1][name])
+  assert any(set(segmentation.limited_points(scenes, 50, seed=2)[s["scene"]])
+             != set(kept[1][s["scene"]]) for s in scenes)
+  # A scene with fewer labelled points keeps all of them; the others become ignored.
+  tiny = dict(scenes[0], labels=np.full(500, -1, np.int32))
+  tiny["labels"][[3, 7]] = [4, 5]
+  only = segmentation.limited_points([tiny], 20, seed=0)[tiny["scene"]]
+  np.testing.assert_array_equal(only, [3, 7])
+  masked = segmentation.keep_labels(scenes[0], kept[0][scenes[0]["scene"]])
+  assert (masked["labels"] >= 0).sum() == 20
+  np.testing.assert_array_equal(masked["labels"][kept[0][scenes[0]["scene"]]],
+                                scenes[0]["labels"][kept[0][scenes[0]["scene"]]])
+
+
+def test_vertex_evaluation_by_hand():
+  """Per-vertex predictions through the evaluation path, scored against matrices by hand.
+
+  Six vertices in a row; the labeller predicts class 1 where a vertex's red channel is bright
+  and 2 elsewhere, so the colour carries the prediction each vertex's voxel would get. Vertex 5
+  is unlabelled.
+  """
+  points = np.array([[0.1, 0.1, 0], [0.5, 0.2, 0], [0.9, 0.1, 0], [1.2, 0.1, 0],
+                     [1.6, 0.2, 0], [1.9, 0.1, 0]], np.float32)
+  labels = np.array([1, 1, 2, 2, 2, -1], np.int32)
+
+  def confusion(red, crop):
+    colors = np.zeros((6, 3), np.uint8)
+    colors[:, 0] = red
+    scene = {"points": points, "colors": colors, "labels": labels, "scene": "s"}
+    prepared = segmentation.prepare_eval_scene(scene, crop)
+    labeller = lambda p, c, m: np.where(np.asarray(c)[..., 0] > 0.5, 1, 2)
+    return segmentation.spread_confusion(
+        [prepared], segmentation.map_blocks(labeller, [prepared], 3), num_classes=3)
+
+  # Every vertex drawn: each keeps its own prediction, [1, 2, 1, 2, 2, 1].
+  got = confusion([255, 0, 255, 0, 0, 255], segmentation.CropConfig(num_points=16, size=10.0))
+  np.testing.assert_array_equal(got, [[0, 0, 0], [0, 1, 1], [0, 1, 2]])
+  # Two cells of three vertices (x < 1 and x > 1), two drawn in each: the third takes a drawn
+  # neighbour's prediction, the same in its cell: [1, 1, 1, 2, 2, 2].
+  got = confusion([255, 255, 255, 0, 0, 0], segmentation.CropConfig(num_points=2, size=1.0))
+  np.testing.assert_array_equal(got, [[0, 0, 0], [0, 2, 0], [0, 1, 2]])
 
 
 def make_scene(num_points=3000, seed=0, size=(3.5, 2.2)):
@@ -156,3 +218,41 @@ def test_script_runlocal_trains_and_evaluates_every_point(tmp_path):
   val = load_scenes(f"{tmp_path}/tfds", "val")
   assert results["eval_points"] == sum(int((val[i]["labels"] >= 0).sum())
                                        for i in range(len(val)))
+
+
+@pytest.mark.parametrize("name", ["finetune_s3dis", "finetune_scannet"])
+def test_sr_unet_runlocal_configs_fine_tune_and_evaluate_every_point(tmp_path, name):
+  """The S3DIS and ScanNet configs end to end with sr_unet_tiny on generated rooms (S3DIS
+  layout / ScanNet layout): the loss falls and every labelled point of the val scenes counts."""
+  workdir = str(tmp_path / "work")
+  module = {"finetune_s3dis": finetune_s3dis, "finetune_scannet": finetune_scannet}[name]
+  config = module.get_config("runlocal")
+  done = subprocess.run(
+      [sys.executable, "-m", "experiments.finetune", "--config",
+       f"experiments/configs/{name}.py:runlocal", "--workdir", workdir,
+       f"--config.data.manual_dir={tmp_path}/data", f"--config.data.data_dir={tmp_path}/tfds"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "capacity overflow" not in done.stderr
+  results = json.load(open(os.path.join(workdir, "results.json")))
+  losses = [json.loads(line)["loss"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert len(losses) == config.total_steps
+  assert np.mean(losses[-5:]) < 0.85 * np.mean(losses[:5]), losses
+  assert results["student"] == "sr_unet_tiny" and results["dataset"] == config.data.dataset
+  assert len(results["per_class_iou"]) == len(segmentation.class_names(config.data))
+  val = segmentation.load_split(_with_dirs(config.data, f"{tmp_path}/tfds"), "val")
+  assert results["eval_points"] == sum(int((s["labels"] >= 0).sum()) for s in val)
+  lists = json.load(open(os.path.join(workdir, "label_lists.json")))
+  assert lists["scenes"] == results["labelled_scenes"]
+  if config.labels.points_per_scene:
+    assert sorted(lists["points"]) == lists["scenes"]
+    assert all(len(v) == config.labels.points_per_scene for v in lists["points"].values())
+  if name == "finetune_s3dis":
+    assert all(s["scene"].startswith("Area_5/") for s in val)
+    assert not any(s.startswith("Area_5/") for s in results["labelled_scenes"])
+
+
+def _with_dirs(data, data_dir):
+  data = data.copy_and_resolve_references()
+  data.data_dir = data_dir
+  return data

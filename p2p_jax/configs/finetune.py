@@ -15,15 +15,27 @@ def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0  # initialisation of the head, crops and dropout
   c.data = ml_collections.ConfigDict(dict(
-      manual_dir="data/rooms",  # the ScanNet-layout export (scannetv2_{train,val}.txt)
-      data_dir="data/tfds",     # the TFDS data dir scannet_scenes is built into
-      # Generate synthetic rooms into manual_dir first when it has no scans/ (scenes > 0).
+      # "scannet": scannet_scenes (20 classes, splits from scannetv2_{train,val}.txt);
+      # "s3dis": the s3dis dataset (13 classes), `val_area` held out, the other areas train.
+      dataset="scannet",
+      val_area=5,
+      manual_dir="data/rooms",  # the export (ScanNet layout, or the folder holding S3DIS)
+      data_dir="data/tfds",     # the TFDS data dir the dataset is built into
+      # Generate synthetic rooms into manual_dir first when it has none (scenes > 0).
       synthetic=common.synthetic(height=48, width=64),
   ))
   c.init = ml_collections.ConfigDict(dict(checkpoint=""))  # pretraining work dir; "" = scratch
   c.student = "pointnet2_tiny"  # a key of p2p_jax.models.STUDENTS
+  # SR-UNet students only (sr_unet*): voxel edge in metres (0: the student's default),
+  # convolutions ("pairs" on CPU/GPU, "dense" on TPU; see p2p_jax.sparse.conv) and pair slots
+  # per voxel slot of levels 0-4.
+  c.sparse = ml_collections.ConfigDict(dict(
+      voxel_size=0.0, conv_impl="pairs", pairs_per_voxel=(4.0, 8.0, 11.0, 12.0, 14.0)))
   c.mode = "finetune"           # or "linear_probe"
-  c.labels = ml_collections.ConfigDict(dict(fraction=1.0, seed=0))
+  # Limited annotations: `fraction` of the training scenes (limited scenes), and of each of
+  # those scenes only `points_per_scene` labelled points (limited points; 0 = all). Both
+  # subsets are nested and fixed by `seed`, and written to the work dir (label_lists.json).
+  c.labels = ml_collections.ConfigDict(dict(fraction=1.0, seed=0, points_per_scene=0))
   c.crop = ml_collections.ConfigDict(dict(
       num_points=2048, size=3.0, max_rotation=math.pi, scale_range=(0.9, 1.1),
       jitter_sigma=0.005, jitter_clip=0.02,

@@ -2,10 +2,13 @@
 
 The task every downstream run of the 3D student shares (fine-tuning, linear probing):
 
-Data. Scenes come from `scannet_scenes` (points, colours, ScanNet-20 labels, -1 = ignore).
-A run labels a fraction of the training scenes: the first max(1, round(fraction x n)) scenes
-of a permutation of the scene names seeded by `labels.seed`, so at one seed the 1% subset
-lies inside the 5% subset, which lies inside the 10% subset, and so on.
+Data. Scenes come from `scannet_scenes` (mesh vertices, colours, ScanNet-20 labels, -1 =
+ignore) or from `s3dis` (room points, 13 classes; one area held out). Limited annotations
+follow the data-efficient benchmark of the field, both nested and fixed by `labels.seed`:
+limited scenes label the first max(1, round(fraction x n)) scenes of a seeded permutation of
+the training scene names (the 1% subset lies inside the 5% subset, and so on); limited points
+keep, in each such scene, the first `points_per_scene` points of a seeded permutation of its
+labelled points (the 20 inside the 50, and so on) and ignore the others.
 
 Training crops are square columns of `crop.size` metres (all heights) around a random point
 of a random labelled scene, randomly subsampled to `crop.num_points` points (padded and masked
@@ -24,6 +27,7 @@ present in the ground truth (see `p2p_jax.metrics`).
 import dataclasses
 import functools
 import math
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,7 +41,8 @@ import scipy.spatial
 from p2p_jax import metrics as metrics_lib
 from p2p_jax import models
 from p2p_jax.data import labels as labels_lib
-from p2p_jax.data import scannet_scenes
+from p2p_jax.data import prepare as prepare_lib
+from p2p_jax.data import s3dis, scannet_scenes
 from p2p_jax.models import student as student_lib
 
 MODES = ("finetune", "linear_probe")
@@ -73,8 +78,36 @@ def crop_config(config: ml_collections.ConfigDict) -> CropConfig:
                     jitter_clip=c.jitter_clip, colors=c.colors)
 
 
+DATASETS = ("scannet", "s3dis")
+
+
+def class_names(data: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The class names of the config's dataset, in label order (checks `dataset`, `val_area`)."""
+  if data.val_area not in range(1, 7):
+    raise ValueError(f"data.val_area: {data.val_area!r} is not an S3DIS area (1-6)")
+  if data.dataset == "s3dis":
+    return tuple(s3dis.CLASSES)
+  if data.dataset == "scannet":
+    return tuple(labels_lib.SCANNET20_NAMES)
+  raise ValueError(f"data.dataset: unknown dataset {data.dataset!r}; expected one of "
+                   f"{DATASETS}")
+
+
+def prepare(data: ml_collections.ConfigDict) -> None:
+  """Writes (synthetic rooms if asked and) the config's dataset: `p2p_jax.data.prepare`."""
+  class_names(data)  # checks the name
+  (prepare_lib.s3dis if data.dataset == "s3dis" else prepare_lib.scenes)(data)
+
+
+def s3dis_areas(data: ml_collections.ConfigDict, split: str) -> list[int]:
+  """The S3DIS areas of a split: `val_area` for "val", the other five for "train"."""
+  if data.val_area not in range(1, 7):
+    raise ValueError(f"data.val_area: {data.val_area!r} is not an S3DIS area (1-6)")
+  return [data.val_area] if split == "val" else [a for a in range(1, 7) if a != data.val_area]
+
+
 def load_split(data: ml_collections.ConfigDict, split: str) -> list[dict[str, Any]]:
-  """The scenes of a prepared split (`p2p_jax.data.prepare.scenes`), as numpy arrays.
+  """The scenes of a prepared split (`prepare`), as numpy arrays.
 
   Args:
     data: the `data` field of a fine-tuning config.
@@ -83,6 +116,9 @@ def load_split(data: ml_collections.ConfigDict, split: str) -> list[dict[str, An
   Returns:
     [{"points" float32 [P, 3], "colors" uint8 [P, 3], "labels" int32 [P], "scene" str}].
   """
+  class_names(data)
+  if data.dataset == "s3dis":
+    return s3dis.load_scenes(data.data_dir, s3dis_areas(data, split))
   source = scannet_scenes.load_scenes(data.data_dir, split)
   scenes = []
   for i in range(len(source)):
@@ -117,6 +153,37 @@ def labelled_subset(names: Sequence[str], fraction: float, seed: int) -> list[st
   order = np.random.default_rng(seed).permutation(len(ordered))
   count = max(1, int(round(fraction * len(ordered))))
   return sorted(ordered[i] for i in order[:count])
+
+
+def limited_points(scenes: Sequence[dict[str, Any]], count: int,
+                   seed: int) -> dict[str, np.ndarray]:
+  """The labelled points of each scene under "limited points" (`count` per scene).
+
+  Args:
+    scenes: {"scene", "labels"} of the labelled training scenes.
+    count: labelled points kept per scene (a scene with fewer keeps all of its own).
+    seed: with the scene's name, seeds a permutation of the scene's labelled points; the
+      first `count` are kept, so growing counts give nested subsets.
+
+  Returns:
+    {scene name: sorted int64 indices of its kept points}.
+  """
+  if count < 1:
+    raise ValueError(f"labels.points_per_scene must be positive here, got {count}")
+  kept = {}
+  for scene in scenes:
+    labelled = np.flatnonzero(scene["labels"] != labels_lib.IGNORE_LABEL)
+    name_seed = zlib.crc32(scene["scene"].encode())
+    order = np.random.default_rng((seed, name_seed)).permutation(len(labelled))
+    kept[scene["scene"]] = np.sort(labelled[order[:count]])
+  return kept
+
+
+def keep_labels(scene: dict[str, Any], indices: np.ndarray) -> dict[str, Any]:
+  """A copy of `scene` whose labels are `IGNORE_LABEL` except at `indices`."""
+  labels = np.full_like(scene["labels"], labels_lib.IGNORE_LABEL)
+  labels[indices] = scene["labels"][indices]
+  return {**scene, "labels": labels}
 
 
 def _pack(scene: dict[str, Any], idx: np.ndarray, center_xy: np.ndarray, crop: CropConfig,
@@ -259,8 +326,28 @@ def load_data(config: ml_collections.ConfigDict) -> SceneData:
   return SceneData(train=load_split(config.data, "train"), val=val, crop=crop)
 
 
+def student_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The backbone's keyword arguments from a fine-tuning config (`sparse` for SR-UNets; the
+  keys are checked for every student)."""
+  sparse = config.sparse
+  if sparse.conv_impl not in ("pairs", "dense"):
+    raise ValueError(f"sparse.conv_impl: {sparse.conv_impl!r}; expected 'pairs' or 'dense'")
+  if len(sparse.pairs_per_voxel) != 5 or min(sparse.pairs_per_voxel) <= 0:
+    raise ValueError(f"sparse.pairs_per_voxel: {tuple(sparse.pairs_per_voxel)}; expected 5 "
+                     "positive numbers (levels 0-4)")
+  if sparse.voxel_size < 0:
+    raise ValueError(f"sparse.voxel_size: {sparse.voxel_size}; expected >= 0 (0: default)")
+  if not config.student.startswith("sr_unet"):
+    return {}
+  kwargs = dict(conv_impl=sparse.conv_impl, pairs_per_voxel=tuple(sparse.pairs_per_voxel))
+  if sparse.voxel_size:
+    kwargs["voxel_size"] = sparse.voxel_size
+  return kwargs
+
+
 def make_model(student: str, mode: str, *, num_classes: int = labels_lib.NUM_CLASSES,
-               head_hidden: int = 128, head_dropout: float = 0.5) -> student_lib.PointModel:
+               head_hidden: int = 128, head_dropout: float = 0.5,
+               **backbone_kwargs) -> student_lib.PointModel:
   """The student backbone with a segmentation head ("finetune") or a linear one (probe)."""
   if mode == "finetune":
     head = student_lib.SegmentationHead(num_classes, hidden=head_hidden,
@@ -269,7 +356,7 @@ def make_model(student: str, mode: str, *, num_classes: int = labels_lib.NUM_CLA
     head = student_lib.LinearHead(num_classes)
   else:
     raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
-  return student_lib.PointModel(models.backbone(student), head)
+  return student_lib.PointModel(models.backbone(student, **backbone_kwargs), head)
 
 
 def init_variables(model: student_lib.PointModel, key: jax.Array, num_points: int) -> dict:

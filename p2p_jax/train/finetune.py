@@ -32,7 +32,6 @@ import ml_collections
 
 from p2p_jax import checkpoints
 from p2p_jax import metrics as metrics_lib
-from p2p_jax.data import labels as labels_lib
 from p2p_jax.models import student as student_lib
 from p2p_jax.tasks import segmentation
 from p2p_jax.train import config as config_lib
@@ -134,14 +133,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
   labelled = segmentation.labelled_subset([s["scene"] for s in data.train],
                                           config.labels.fraction, config.labels.seed)
   train_scenes = [s for s in data.train if s["scene"] in set(labelled)]
+  label_lists = {"scenes": labelled, "points_per_scene": config.labels.points_per_scene,
+                 "seed": config.labels.seed}
+  if config.labels.points_per_scene and config.mode == "linear_probe":
+    raise ValueError("labels.points_per_scene: limited points are for mode 'finetune'; the "
+                     "linear probe labels whole scenes (labels.fraction)")
+  if config.labels.points_per_scene:
+    kept = segmentation.limited_points(train_scenes, config.labels.points_per_scene,
+                                       config.labels.seed)
+    train_scenes = [segmentation.keep_labels(s, kept[s["scene"]]) for s in train_scenes]
+    label_lists["points"] = {name: idx.tolist() for name, idx in kept.items()}
   if not data.val:
     raise ValueError("no val scenes to evaluate on")
   if workdir is not None:
     os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "label_lists.json"), "w") as f:
+      json.dump(label_lists, f)
 
   # Model.
-  model = segmentation.make_model(config.student, config.mode, head_hidden=config.head.hidden,
-                                  head_dropout=config.head.dropout)
+  names = segmentation.class_names(config.data)
+  model = segmentation.make_model(config.student, config.mode, num_classes=len(names),
+                                  head_hidden=config.head.hidden,
+                                  head_dropout=config.head.dropout,
+                                  **segmentation.student_kwargs(config))
   key = jax.random.key(config.seed)
   variables = segmentation.init_variables(model, jax.random.fold_in(key, 0), crop.num_points)
   init_step = None
@@ -167,9 +181,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
   # Evaluation.
   eval_start = time.perf_counter()
   confusion = segmentation.spread_confusion(
-      data.val, segmentation.map_blocks(labeller, data.val, config.eval.batch_size))
+      data.val, segmentation.map_blocks(labeller, data.val, config.eval.batch_size), len(names))
   scores = metrics_lib.segmentation_scores(confusion)
-  names = labels_lib.SCANNET20_NAMES
   results = {
       "mode": config.mode,
       "student": config.student,
@@ -178,7 +191,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
       "label_fraction": config.labels.fraction,
       "label_seed": config.labels.seed,
       "seed": config.seed,
+      "dataset": config.data.dataset,
       "labelled_scenes": labelled,
+      "points_per_scene": config.labels.points_per_scene,
       "num_train_scenes": len(data.train),
       "num_val_scenes": len(data.val),
       "steps": config.total_steps,

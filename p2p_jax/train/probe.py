@@ -111,7 +111,7 @@ def fit(config, model, variables, tiles, crop, optimizer, workdir) -> dict[str, 
   batches = rows[rng.integers(len(rows), size=(config.total_steps,
                                                 config.batch_size * crop.num_points))]
   probe, losses = fit_linear_probe(features, labels, batches.astype(np.int32),
-                                   num_classes=labels_lib.NUM_CLASSES, optimizer=optimizer)
+                                   num_classes=model.head.num_classes, optimizer=optimizer)
   accuracy = np.mean(np.argmax(np.asarray(probe_logits(probe, features[rows])), -1)
                      == labels[rows])
   losses = np.asarray(losses)
