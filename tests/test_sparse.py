@@ -188,7 +188,8 @@ def test_conv_matches_dense_convolution(impl):
                      lambda f, k: jnp.sum(dense(f, k) * weights), (features, kernel))
 
 
-def test_strided_and_transposed_conv_match_dense():
+@pytest.mark.parametrize("impl", ["dense", "pairs"])
+def test_strided_and_transposed_conv_match_dense(impl):
   rng = np.random.default_rng(3)
   origin = (-4, 2, -6)  # even, so dense stride-2 windows are the coarse voxels
   coords, mask = random_level(rng, origin=origin)
@@ -198,6 +199,16 @@ def test_strided_and_transposed_conv_match_dense():
   coarse, coarse_mask, smap, overflow = jax.jit(sparse.coarsen, static_argnums=(2, 3))(
       coords, mask, 2, 64)
   assert np.all(np.asarray(overflow) == 0)
+  if impl == "pairs":
+    dense_map = smap
+    smap = jax.jit(sparse.stride_pairs)(smap)
+    # One pair per fine voxel with a parent, at the fine voxel's child offset.
+    fine, parents = np.asarray(smap.fine_rows), np.asarray(smap.coarse_rows)
+    offsets = np.repeat(np.asarray(smap.tile_offset), len(fine) // len(smap.tile_offset))
+    used = fine < len(coords)
+    assert sorted(fine[used]) == sorted(np.flatnonzero(np.asarray(dense_map.parent) < 128))
+    np.testing.assert_array_equal(8 * parents[used] + offsets[used],
+                                  np.asarray(dense_map.child_slot)[fine[used]])
   coarse, coarse_mask = np.asarray(coarse), np.asarray(coarse_mask)
   half = tuple(o // 2 for o in origin)
   features = rng.normal(size=(len(coords), 5)).astype(np.float32)
@@ -299,9 +310,10 @@ def test_padding_rows_change_nothing(impl):
   @jax.jit
   def layers(c, m, f):
     kmap, _ = sparse.kernel_map(c, m, 1)
+    _, _, smap, _ = sparse.coarsen(c, m, 1, 32)
     if impl == "pairs":
       kmap, _ = sparse.pair_map(kmap, 1, sparse.pair_capacity(26 * 64))
-    _, _, smap, _ = sparse.coarsen(c, m, 1, 32)
+      smap = sparse.stride_pairs(smap)
     y = sparse.conv(f, kmap, kernel)
     z = sparse.conv_up(sparse.conv_down(y, smap, kernel[:8, :2]), smap, kernel[:8, :2])
     return jnp.concatenate([y, z], -1)

@@ -64,7 +64,7 @@ class SparseConvDown(nn.Module):
   features: int
 
   @nn.compact
-  def __call__(self, x: jax.Array, smap: sparse.StrideMap) -> jax.Array:
+  def __call__(self, x: jax.Array, smap: sparse.StrideMap | sparse.StridePairs) -> jax.Array:
     kernel = self.param("kernel", _kernel_init, (8, x.shape[-1], self.features))
     return sparse.conv_down(x, smap, kernel)
 
@@ -74,7 +74,7 @@ class SparseConvUp(nn.Module):
   features: int
 
   @nn.compact
-  def __call__(self, x: jax.Array, smap: sparse.StrideMap) -> jax.Array:
+  def __call__(self, x: jax.Array, smap: sparse.StrideMap | sparse.StridePairs) -> jax.Array:
     kernel = self.param("kernel", _kernel_init, (8, x.shape[-1], self.features))
     return sparse.conv_up(x, smap, kernel)
 
@@ -108,7 +108,7 @@ class Levels(NamedTuple):
   point_rows: jax.Array
   masks: list[jax.Array]
   kmaps: list[sparse.KernelMap | sparse.PairMap]
-  smaps: list[sparse.StrideMap]
+  smaps: list[sparse.StrideMap | sparse.StridePairs]
   stem_map: sparse.KernelMap | sparse.PairMap
   overflow: jax.Array
   num_voxels: jax.Array
@@ -127,8 +127,9 @@ def build_levels(points, features, point_mask, voxel_size: float, capacities: Se
     capacities: voxels per cloud of each level (static), finest first.
     stem_kernel_size: kernel size of the stem convolution (its own map if not 3).
     pair_capacities: non-centre pair slots of each level for the whole batch (static, see
-      `sparse.pair_capacity`): the levels' 3x3x3 maps become `PairMap`s; None keeps the
-      dense `KernelMap`s. A 5x5x5 stem keeps its dense map (3 input channels: cheap).
+      `sparse.pair_capacity`): the levels' 3x3x3 maps become `PairMap`s and the stride-2
+      maps `StridePairs`; None keeps the dense `KernelMap`s and `StrideMap`s. A 5x5x5 stem
+      keeps its dense map (3 input channels: cheap).
 
   Returns:
     `Levels` with the level-0 tensor, each point's row, per-level masks, 3x3x3 kernel maps,
@@ -157,6 +158,7 @@ def build_levels(points, features, point_mask, voxel_size: float, capacities: Se
     for level, capacity in enumerate(pair_capacities):
       kmaps[level], dropped = sparse.pair_map(kmaps[level], batch, capacity)
       overflow = overflow + dropped
+    smaps = [sparse.stride_pairs(smap) for smap in smaps]
     stem_map = kmaps[0]
   if stem_kernel_size != 3:
     stem_map, key_overflow = sparse.kernel_map(coords[0], masks[0], batch, stem_kernel_size)
