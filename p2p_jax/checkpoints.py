@@ -164,7 +164,11 @@ def load_student(path: str, *, head: bool = False,
   finally:
     handler.close()
   projection_dim = shapes["params/head/Dense_0/kernel"][0][-1]
-  model = student_lib.PointModel(models.backbone(name), student_lib.ProjectionHead(projection_dim))
+  # The SR-UNet settings it was pretrained with (voxel size, ...); JSON turned tuples to lists.
+  kwargs = {k: tuple(v) if isinstance(v, list) else v
+            for k, v in config.get("backbone_kwargs", {}).items()}
+  model = student_lib.PointModel(models.backbone(name, **kwargs),
+                                 student_lib.ProjectionHead(projection_dim))
   variables = jax.eval_shape(model.init, jax.random.key(0), jax.numpy.zeros((1, 8, 3)),
                              jax.numpy.zeros((1, 8, 3)), jax.numpy.ones((1, 8), bool))
   variables, _ = load_student_backbone(item, model, variables, head=True)

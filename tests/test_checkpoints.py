@@ -135,6 +135,21 @@ def test_load_student_returns_the_pretrained_module_and_variables(tmp_path, capl
   assert not [r for r in caplog.records if "does not exist" in r.getMessage()]
 
 
+def test_load_student_rebuilds_an_sr_unet_with_its_pretraining_settings(tmp_path):
+  """The voxel size and convolutions an SR-UNet was pretrained with come back with it."""
+  pretrain = student.PointModel(sparse_unet.SparseUNetTiny(), student.ProjectionHead(16))
+  saved = jax.jit(pretrain.init)(jax.random.key(3), jnp.zeros((1, 64, 3)),
+                                 jnp.zeros((1, 64, 3)), jnp.ones((1, 64), bool))
+  kwargs = {"conv_impl": "dense", "pairs_per_voxel": [3.0, 7.0, 10.0, 10.0, 9.0],
+            "voxel_size": 0.25}
+  save_pretraining_step(str(tmp_path), dict(saved), config={
+      "student": "sr_unet_tiny", "projection_dim": 16, "colors": True,
+      "backbone_kwargs": kwargs})
+  backbone, _ = checkpoints.load_student(str(tmp_path))
+  assert (backbone.voxel_size, backbone.conv_impl, backbone.pairs_per_voxel) == (
+      0.25, "dense", (3.0, 7.0, 10.0, 10.0, 9.0))
+
+
 def test_load_student_needs_the_name_only_without_a_student_config(tmp_path):
   save_pretraining_step(str(tmp_path), pretrained_student())
   with pytest.raises(ValueError, match="does not name its student"):

@@ -23,6 +23,7 @@ Hardware: a 2-core CPU.
 import ml_collections
 
 from experiments.configs import pointcontrast_synthetic, ppkt_synthetic
+from p2p_jax.configs import common
 from p2p_jax.configs import finetune as finetune_schema
 from p2p_jax.configs import pretrain as pretrain_schema
 from p2p_jax.configs import teacher as teacher_schema
@@ -47,6 +48,8 @@ def get_config(arg=None):
   # world of another seed, 2.8 mIoU with colours against 32.2 without at 5% of the labels,
   # and 54.1 without at 100% (docs/demo/budget.md). The 2D teacher still sees colour images.
   c.student_colors = False
+  # SR-UNet students' voxels, convolutions and capacities, the same in every stage.
+  c.sparse = common.sparse()
   c.study = ml_collections.ConfigDict(dict(
       fractions=(0.01, 0.05, 1.0),
       seeds=(3, 3, 1),  # runs per fraction
@@ -114,18 +117,21 @@ def get_config(arg=None):
 
 
 def stages(c: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]:
-  """Each stage's config, with what the stages share set from its one place: the student and
-  its colour input (`student`, `student_colors`) and the teacher's architecture; PointContrast
-  is PPKT's config with its own method settings (`pointcontrast`)."""
+  """Each stage's config, with what the stages share set from its one place: the student, its
+  colour input and SR-UNet settings (`student`, `student_colors`, `sparse`) and the teacher's
+  architecture; PointContrast is PPKT's config with its own method settings
+  (`pointcontrast`)."""
   teacher = ml_collections.ConfigDict(c.teacher.to_dict())
   ppkt = ml_collections.ConfigDict(c.ppkt.to_dict())
   ppkt.student = c.student
+  ppkt.sparse = ml_collections.ConfigDict(c.sparse.to_dict())
   ppkt.points.colors = c.student_colors
   ppkt.ppkt.teacher.arch = c.teacher.arch
   pointcontrast = pretrain_schema.switch_method(ppkt, "pointcontrast")
   pointcontrast.pointcontrast = ml_collections.ConfigDict(c.pointcontrast.to_dict())
   finetune = ml_collections.ConfigDict(c.finetune.to_dict())
   finetune.student = c.student
+  finetune.sparse = ml_collections.ConfigDict(c.sparse.to_dict())
   finetune.crop.colors = c.student_colors
   return {"teacher": teacher, "ppkt": ppkt, "pointcontrast": pointcontrast,
           "finetune": finetune}

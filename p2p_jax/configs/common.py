@@ -17,3 +17,13 @@ def optimizer(**overrides) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       name="adamw", learning_rate=1e-2, weight_decay=1e-4, momentum=0.9, dampening=0.0,
       warmup_steps=0, schedule="cosine", power=0.9) | overrides)
+
+
+def sparse(**overrides) -> ml_collections.ConfigDict:
+  """`sparse`: the SR-UNet students' settings (`p2p_jax.models.backbone_kwargs`; other students
+  ignore them): voxel edge in metres (0: the student's default), convolutions ("pairs" on
+  CPU/GPU, "dense" on TPU; see `p2p_jax.sparse.conv`), pair slots per voxel slot of levels 0-4,
+  and the voxel capacities of levels 1-4 as fractions of level 0's (empty: the student's)."""
+  return ml_collections.ConfigDict(dict(
+      voxel_size=0.0, conv_impl="pairs", pairs_per_voxel=(4.0, 8.0, 11.0, 12.0, 14.0),
+      coarse_capacity_ratios=()) | overrides)

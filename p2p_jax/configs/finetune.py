@@ -26,11 +26,7 @@ def base() -> ml_collections.ConfigDict:
   ))
   c.init = ml_collections.ConfigDict(dict(checkpoint=""))  # pretraining work dir; "" = scratch
   c.student = "pointnet2_tiny"  # a key of p2p_jax.models.STUDENTS
-  # SR-UNet students only (sr_unet*): voxel edge in metres (0: the student's default),
-  # convolutions ("pairs" on CPU/GPU, "dense" on TPU; see p2p_jax.sparse.conv) and pair slots
-  # per voxel slot of levels 0-4.
-  c.sparse = ml_collections.ConfigDict(dict(
-      voxel_size=0.0, conv_impl="pairs", pairs_per_voxel=(4.0, 8.0, 11.0, 12.0, 14.0)))
+  c.sparse = common.sparse()  # SR-UNet students only
   c.mode = "finetune"           # or "linear_probe"
   # Limited annotations: `fraction` of the training scenes (limited scenes), and of each of
   # those scenes only `points_per_scene` labelled points (limited points; 0 = all). Both

@@ -35,6 +35,7 @@ def base(method: str = "ppkt") -> ml_collections.ConfigDict:
   # The method's own settings, under its name (`p2p_jax.methods.<method>.config()`).
   c[method] = methods.get(method).config()
   c.student = "pointnet2_seg"
+  c.sparse = common.sparse()  # SR-UNet students only
   c.projection_dim = 128
   c.loss = ml_collections.ConfigDict(dict(temperature=0.04, global_negatives=True,
                                           symmetric=False))

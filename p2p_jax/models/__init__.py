@@ -34,3 +34,28 @@ def backbone(name: str, **kwargs):
     raise ValueError(f"unknown student {name!r}; expected one of {sorted(STUDENTS)}")
   module, constructor = STUDENTS[name].split(":")
   return getattr(importlib.import_module(f"p2p_jax.models.{module}"), constructor)(**kwargs)
+
+
+def backbone_kwargs(student: str, sparse) -> dict:
+  """A config's keyword arguments for `backbone(student, ...)`: the `sparse` settings
+  (`p2p_jax.configs.common.sparse`) for SR-UNets, nothing for the others; checked for all."""
+  if sparse.conv_impl not in ("pairs", "dense"):
+    raise ValueError(f"sparse.conv_impl: {sparse.conv_impl!r}; expected 'pairs' or 'dense'")
+  pairs = tuple(sparse.pairs_per_voxel)
+  if len(pairs) != 5 or min(pairs) <= 0:
+    raise ValueError(f"sparse.pairs_per_voxel: {pairs}; expected 5 positive numbers "
+                     "(levels 0-4)")
+  ratios = tuple(sparse.coarse_capacity_ratios)
+  if ratios and (len(ratios) != 4 or min(ratios) <= 0):
+    raise ValueError(f"sparse.coarse_capacity_ratios: {ratios}; expected () or 4 positive "
+                     "numbers (levels 1-4)")
+  if sparse.voxel_size < 0:
+    raise ValueError(f"sparse.voxel_size: {sparse.voxel_size}; expected >= 0 (0: default)")
+  if not student.startswith("sr_unet"):
+    return {}
+  kwargs = {"conv_impl": sparse.conv_impl, "pairs_per_voxel": pairs}
+  if ratios:
+    kwargs["coarse_capacity_ratios"] = ratios
+  if sparse.voxel_size:
+    kwargs["voxel_size"] = sparse.voxel_size
+  return kwargs

@@ -327,22 +327,8 @@ def load_data(config: ml_collections.ConfigDict) -> SceneData:
 
 
 def student_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The backbone's keyword arguments from a fine-tuning config (`sparse` for SR-UNets; the
-  keys are checked for every student)."""
-  sparse = config.sparse
-  if sparse.conv_impl not in ("pairs", "dense"):
-    raise ValueError(f"sparse.conv_impl: {sparse.conv_impl!r}; expected 'pairs' or 'dense'")
-  if len(sparse.pairs_per_voxel) != 5 or min(sparse.pairs_per_voxel) <= 0:
-    raise ValueError(f"sparse.pairs_per_voxel: {tuple(sparse.pairs_per_voxel)}; expected 5 "
-                     "positive numbers (levels 0-4)")
-  if sparse.voxel_size < 0:
-    raise ValueError(f"sparse.voxel_size: {sparse.voxel_size}; expected >= 0 (0: default)")
-  if not config.student.startswith("sr_unet"):
-    return {}
-  kwargs = dict(conv_impl=sparse.conv_impl, pairs_per_voxel=tuple(sparse.pairs_per_voxel))
-  if sparse.voxel_size:
-    kwargs["voxel_size"] = sparse.voxel_size
-  return kwargs
+  """The backbone's keyword arguments from a fine-tuning config (`sparse` for SR-UNets)."""
+  return models.backbone_kwargs(config.student, config.sparse)
 
 
 def make_model(student: str, mode: str, *, num_classes: int = labels_lib.NUM_CLASSES,

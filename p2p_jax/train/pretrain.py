@@ -68,8 +68,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   # The optimiser, then the method's data, model and step.
   optimizer = state_lib.OptimizerConfig.from_config(config.optimizer, config.total_steps)
   tx, schedule = state_lib.make_optimizer(optimizer), state_lib.make_schedule(optimizer)
-  student = student_lib.PointModel(models.backbone(config.student, bn_axis_name=parallel.AXIS),
-                                   student_lib.ProjectionHead(config.projection_dim))
+  backbone = models.backbone(config.student, bn_axis_name=parallel.AXIS,
+                             **models.backbone_kwargs(config.student, config.sparse))
+  student = student_lib.PointModel(backbone, student_lib.ProjectionHead(config.projection_dim))
   dataset, init, step_fn = methods.get(config.method).setup(
       config, workdir, student=student, tx=tx, schedule=schedule, devices=devices)
   frames_per_step = len(devices) * config.per_device_batch
@@ -80,7 +81,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     return {checkpoints.STUDENT: ocp.args.StandardSave(student),
             checkpoints.STUDENT_CONFIG: ocp.args.JsonSave({
                 "student": config.student, "projection_dim": config.projection_dim,
-                "colors": config.points.colors})}
+                "colors": config.points.colors,
+                "backbone_kwargs": models.backbone_kwargs(config.student, config.sparse)})}
 
   result = loop.run(
       workdir=workdir, total_steps=config.total_steps,
