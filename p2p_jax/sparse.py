@@ -284,17 +284,19 @@ def devoxelize(features: jax.Array, point_rows: jax.Array) -> jax.Array:
 
 
 def report_overflow(overflow, *, raise_error: bool = False) -> None:
-  """Host-side check of an overflow count: warns (or raises) if any voxel was dropped.
+  """Host-side check of an overflow count: warns (or raises) if any voxel or pair was dropped.
 
   Args:
-    overflow: int array of dropped voxels / key-range failures (e.g. a model's
+    overflow: int array of dropped voxels / pairs / key-range failures (e.g. a model's
       aux["overflow"]), a concrete value (call it through `jax.debug.callback` under jit).
     raise_error: raise a RuntimeError instead of warning.
   """
   total = int(np.sum(np.asarray(overflow)))
   if total > 0:
-    message = (f"sparse tensor capacity overflow: {total} voxels did not fit (per cloud: "
-               f"{np.asarray(overflow).tolist()}); raise the capacity or the voxel size")
+    message = (f"sparse tensor capacity overflow: {total} voxels or neighbour pairs did not fit "
+               f"(per cloud: {np.asarray(overflow).tolist()}); raise the capacities "
+               "(voxels: capacity, coarse_capacity_ratios; pairs: pairs_per_voxel) or the voxel "
+               "size")
     if raise_error:
       raise RuntimeError(message)
     warnings.warn(message, RuntimeWarning, stacklevel=2)
@@ -560,14 +562,20 @@ def _scan_transpose(x, g, tiles, kernel, dx, dkernel):
   """The transpose of `_scan_products` for cotangent g: (dx, dkernel) plus every pair's terms.
 
   Pair (out i, in j, offset o) adds x[j] W_o to y[i]: so g[i] W_o^T to dx[j] and x[j]^T g[i] to
-  dW_o; the rows are gathered again per tile (nothing is kept from the forward).
+  dW_o; the rows are gathered again per tile (nothing is kept from the forward). Tiles left
+  empty by the capacity's slack are skipped (`lax.cond`): 0.25 s of 2.55 s for Res16UNet34C on
+  a 50k-point room. (The same test in the forward's loop made it slower.)
   """
   def tile(carry, t):
-    dx, dkernel = carry
     rows_in, rows_out, offset = t
-    x_t, g_t = _rows(x, rows_in), _rows(g, rows_out)
-    return (dx.at[rows_in].add(g_t @ kernel[offset].T, mode="drop"),
-            dkernel.at[offset].add(x_t.T @ g_t)), None
+
+    def add(carry):
+      dx, dkernel = carry
+      x_t, g_t = _rows(x, rows_in), _rows(g, rows_out)
+      return (dx.at[rows_in].add(g_t @ kernel[offset].T, mode="drop"),
+              dkernel.at[offset].add(x_t.T @ g_t))
+
+    return lax.cond(rows_in[0] < x.shape[0], add, lambda carry: carry, carry), None
 
   return lax.scan(tile, (dx, dkernel), tiles)[0]
 
