@@ -33,8 +33,7 @@ def get_config(arg=None):
   c.crop.num_points = 150_000
   c.crop.size = 12.0
   c.head.update(hidden=96, dropout=0.0)
-  c.optimizer.update(name="sgd", learning_rate=0.1, momentum=0.9, dampening=0.1,
-                     weight_decay=1e-4, schedule="poly", power=0.9, warmup_steps=0)
+  schema.paper_sgd(c.optimizer)
   c.batch_size = 8
   c.total_steps = 30_000
   c.eval.batch_size = 2

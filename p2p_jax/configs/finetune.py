@@ -43,3 +43,10 @@ def base() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict(dict(batch_size=16))
   c.log_every = 10
   return c
+
+
+def paper_sgd(optimizer: ml_collections.ConfigDict) -> None:
+  """Sets `optimizer` to the paper code's fine-tuning optimiser: SGD lr 0.1, momentum 0.9,
+  dampening 0.1, weight decay 1e-4, PolyLR power 0.9, no warm-up."""
+  optimizer.update(name="sgd", learning_rate=0.1, momentum=0.9, dampening=0.1,
+                   weight_decay=1e-4, schedule="poly", power=0.9, warmup_steps=0)

@@ -1,6 +1,7 @@
 """A ScanNet export in a TFDS manual dir: the scenes of each split, and the tally of skips.
 
-Shared by the `scannet_frames` and `scannet_scenes` builders. The manual dir holds
+Shared by the `scannet_frames` and `scannet_scenes` builders (and, for `scene_arrays` and
+`SkipTally`, by `s3dis`). The manual dir holds
 `scans/<scene>/` (the layout of `p2p_jax.data.scannet`) and, optionally, the official split
 lists `scannetv2_train.txt` and `scannetv2_val.txt` (one scene name per line).
 """
@@ -8,6 +9,8 @@ lists `scannetv2_train.txt` and `scannetv2_val.txt` (one scene name per line).
 import collections
 import logging
 import os
+
+import numpy as np
 
 # The dataset both builders read, cited in their `DatasetInfo`.
 SCANNET_CITATION = r"""@inproceedings{dai2017scannet,
@@ -143,3 +146,13 @@ class SkipTally:
         "skipped": counts,
         "skipped_files": [{"reason": r, "path": p, "detail": d} for r, p, d in self.skipped],
     }
+
+
+def scene_arrays(example) -> dict:
+  """A scene example of scannet_scenes or s3dis as numpy: {"points" float32 [P, 3], "colors"
+  uint8 [P, 3], "labels" int32 [P], "scene" str}."""
+  scene = example["scene"]
+  return {"points": np.asarray(example["points"], np.float32),
+          "colors": np.asarray(example["colors"], np.uint8),
+          "labels": np.asarray(example["labels"], np.int32),
+          "scene": scene.decode() if isinstance(scene, bytes) else str(scene)}

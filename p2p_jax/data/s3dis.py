@@ -429,11 +429,5 @@ def load_scenes(data_dir: str, areas: Sequence[int]) -> list[dict[str, Any]]:
   scenes = []
   for area in areas:
     source = builder.as_data_source(split=split_name(area))
-    for i in range(len(source)):
-      example = source[i]
-      scene = example["scene"]
-      scenes.append({"points": np.asarray(example["points"], np.float32),
-                     "colors": np.asarray(example["colors"], np.uint8),
-                     "labels": np.asarray(example["labels"], np.int32),
-                     "scene": scene.decode() if isinstance(scene, bytes) else str(scene)})
+    scenes.extend(export.scene_arrays(source[i]) for i in range(len(source)))
   return scenes

@@ -40,9 +40,9 @@ import scipy.spatial
 
 from p2p_jax import metrics as metrics_lib
 from p2p_jax import models
+from p2p_jax.data import export, s3dis, scannet_scenes
 from p2p_jax.data import labels as labels_lib
 from p2p_jax.data import prepare as prepare_lib
-from p2p_jax.data import s3dis, scannet_scenes
 from p2p_jax.models import student as student_lib
 
 MODES = ("finetune", "linear_probe")
@@ -120,15 +120,7 @@ def load_split(data: ml_collections.ConfigDict, split: str) -> list[dict[str, An
   if data.dataset == "s3dis":
     return s3dis.load_scenes(data.data_dir, s3dis_areas(data, split))
   source = scannet_scenes.load_scenes(data.data_dir, split)
-  scenes = []
-  for i in range(len(source)):
-    example = source[i]
-    scene = example["scene"]
-    scenes.append({"points": np.asarray(example["points"], np.float32),
-                   "colors": np.asarray(example["colors"], np.uint8),
-                   "labels": np.asarray(example["labels"], np.int32),
-                   "scene": scene.decode() if isinstance(scene, bytes) else str(scene)})
-  return scenes
+  return [export.scene_arrays(source[i]) for i in range(len(source))]
 
 
 def labelled_subset(names: Sequence[str], fraction: float, seed: int) -> list[str]:
