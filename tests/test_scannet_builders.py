@@ -286,10 +286,14 @@ def test_bad_frames_add_up_and_are_summarised(bad_build):
     assert meta["written"] == len(builder.as_data_source(split=split))
   summaries = [line for line in log if "frames listed" in line]
   assert len(summaries) == 2
-  assert "split train: 13 frames listed, 1 written, 12 skipped" in summaries[0]
+  n = len(DAMAGED)
+  assert f"split train: {n + 1} frames listed, 1 written, {n} skipped" in summaries[0]
   assert f"{scannet.MISSING_FILE}: 4" in summaries[0]
   assert f"{scannet.CORRUPT_IMAGE}: 5" in summaries[0]
-  assert f"{scannet.BAD_POSE}: 12: " in summaries[1] and "(9 more)" in summaries[1]
+  assert f"{scannet.MALFORMED_POSE}: 4" in summaries[0]
+  assert f"{scannet.DEPTH_NOT_16BIT}: 1" in summaries[0]
+  assert f"{scannet.DEPTH_SIZE}: 1" in summaries[0]
+  assert f"{scannet.BAD_POSE}: {n}: " in summaries[1] and f"({n - 3} more)" in summaries[1]
   good = builder.as_data_source(split="train")[0]
   assert (good["scene"], good["frame"]) == (b"scene0000_00", 0)
 

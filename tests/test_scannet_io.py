@@ -75,6 +75,37 @@ def test_damaged_frame_raises_frame_error_with_reason_and_file(scene, kind):
   scannet.read_frame(scene_dir, 0, labels=True)  # the other frames are untouched
 
 
+def test_a_rigid_pose_written_with_six_digits_passes_and_near_misses_do_not(tmp_path):
+  """Rigid within 1e-3: ScanNet's six-digit poses pass; a 1% shear or a reflection does not."""
+  angle = 0.7
+  pose = np.array([[np.cos(angle), -np.sin(angle), 0, 1.5], [np.sin(angle), np.cos(angle), 0, 2],
+                   [0, 0, 1, 1.2], [0, 0, 0, 1]])
+  path = str(tmp_path / "0.txt")
+  np.savetxt(path, pose, fmt="%.6f")
+  np.testing.assert_allclose(scannet.read_pose(path), pose, atol=1e-6)
+  for bad in (pose @ np.diag([1, 1, -1, 1]), pose + np.diag([0.01, 0, 0, 0]),
+              np.zeros((4, 4))):
+    np.savetxt(path, bad, fmt="%.6f")
+    with pytest.raises(scannet.FrameError, match="malformed pose") as info:
+      scannet.read_pose(path)
+    assert info.value.reason == scannet.MALFORMED_POSE and info.value.path == path
+
+
+def test_depth_must_be_16_bit_and_fit_the_intrinsics(tmp_path):
+  path = str(tmp_path / "0.png")
+  k = np.array([[577.0, 0, 319.5], [0, 577.0, 239.5], [0, 0, 1]])
+  Image.fromarray(np.full((480, 640), 1000, np.uint16)).save(path)
+  assert scannet.read_depth(path, k).shape == (480, 640)
+  Image.fromarray(np.full((240, 320), 1000, np.uint16)).save(path)  # half size, same camera
+  with pytest.raises(scannet.FrameError, match="320x240 pixels") as info:
+    scannet.read_depth(path, k)
+  assert info.value.reason == scannet.DEPTH_SIZE
+  Image.fromarray(np.full((480, 640), 200, np.uint8)).save(path)  # 8-bit: 200 would be 0.2 m
+  with pytest.raises(scannet.FrameError, match="16-bit") as info:
+    scannet.read_depth(path, k)
+  assert info.value.reason == scannet.DEPTH_NOT_16BIT
+
+
 def test_rgb_png_as_depth_is_a_corrupt_image(tmp_path):
   path = str(tmp_path / "0.png")
   Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)

@@ -141,6 +141,12 @@ def _write_pose_text(path: str, text: str) -> None:
 FRAME_DAMAGE = {
     "inf_pose": scannet.BAD_POSE,  # ScanNet writes -inf where tracking was lost
     "nan_pose": scannet.BAD_POSE,
+    "zero_pose": scannet.MALFORMED_POSE,  # all zeros: finite, but no camera
+    "reflected_pose": scannet.MALFORMED_POSE,  # det -1
+    "sheared_pose": scannet.MALFORMED_POSE,  # not orthonormal
+    "projective_pose": scannet.MALFORMED_POSE,  # last row not 0 0 0 1
+    "depth_8bit": scannet.DEPTH_NOT_16BIT,  # would read as at most 255 mm
+    "depth_half_size": scannet.DEPTH_SIZE,  # the full-size intrinsics kept
     "missing_pose": scannet.MISSING_FILE,
     "missing_depth": scannet.MISSING_FILE,
     "missing_color": scannet.MISSING_FILE,
@@ -175,6 +181,24 @@ def damage_frame(scene_dir: str, frame: int, kind: str) -> tuple[str, str]:
   elif kind == "nan_pose":
     _write_pose_text(pose, "1 0 nan 0")
     path = pose
+  elif kind in ("zero_pose", "reflected_pose", "sheared_pose", "projective_pose"):
+    matrix = scannet.read_matrix(pose)
+    if kind == "zero_pose":
+      matrix = np.zeros((4, 4))
+    elif kind == "reflected_pose":
+      matrix[:3, 0] *= -1
+    elif kind == "sheared_pose":
+      matrix[:3, 1] += 0.1 * matrix[:3, 0]
+    else:
+      matrix[3] = [0.0, 0.0, 0.1, 1.0]
+    np.savetxt(pose, matrix)
+    path = pose
+  elif kind == "depth_8bit":
+    Image.fromarray(np.full(DEPTH_HW, 200, np.uint8)).save(depth)
+    path = depth
+  elif kind == "depth_half_size":
+    Image.fromarray(np.full((DEPTH_HW[0] // 2, DEPTH_HW[1] // 2), 1000, np.uint16)).save(depth)
+    path = depth
   elif kind.startswith("missing_"):
     path = {"pose": pose, "depth": depth, "color": color, "label": label}[kind[8:]]
     os.remove(path)

@@ -33,7 +33,14 @@ from PIL import Image
 MISSING_FILE = "missing file"
 CORRUPT_IMAGE = "corrupt or truncated image"
 BAD_POSE = "non-finite or malformed pose"
+MALFORMED_POSE = "malformed pose"  # finite, but not a rigid camera-to-world transform
 EMPTY_DEPTH = "all-zero depth"
+DEPTH_NOT_16BIT = "depth not 16-bit"
+DEPTH_SIZE = "depth size does not fit the depth intrinsics"
+
+# Tolerance of a pose's rotation: |R^T R - I| and |det R - 1| (poses are written with about six
+# significant digits, which keeps both near 1e-6).
+POSE_TOLERANCE = 1e-3
 
 MESH_SUFFIX = "_vh_clean_2.ply"
 LABELS_SUFFIX = "_vh_clean_2.labels.ply"
@@ -139,7 +146,9 @@ def read_uint16_png(path: str) -> np.ndarray:
 
 
 def read_pose(path: str) -> np.ndarray:
-  """Camera-to-world [4, 4] float32; FrameError for missing, malformed or non-finite poses."""
+  """Camera-to-world [4, 4] float32; FrameError for missing, malformed or non-finite poses,
+  and for finite matrices that are not rigid transforms (orthonormal rotation with det +1,
+  last row 0 0 0 1, within `POSE_TOLERANCE`): MALFORMED_POSE, e.g. an all-zero pose."""
   if not os.path.isfile(path):
     raise FrameError(MISSING_FILE, path)
   try:
@@ -148,22 +157,71 @@ def read_pose(path: str) -> np.ndarray:
     raise FrameError(BAD_POSE, path, str(e)) from e
   if not np.all(np.isfinite(pose)):
     raise FrameError(BAD_POSE, path, "contains inf or NaN (tracking lost)")
+  rotation = pose[:3, :3]
+  if not np.allclose(pose[3], [0, 0, 0, 1], atol=POSE_TOLERANCE):
+    raise FrameError(MALFORMED_POSE, path, f"last row {pose[3].tolist()}, not 0 0 0 1")
+  orthonormal = np.abs(rotation.T @ rotation - np.eye(3)).max()
+  det = np.linalg.det(rotation)
+  if orthonormal > POSE_TOLERANCE or abs(det - 1) > POSE_TOLERANCE:
+    raise FrameError(MALFORMED_POSE, path, f"rotation not orthonormal with det +1 "
+                     f"(|R^T R - I| = {orthonormal:.3g}, det {det:.3g})")
   return pose.astype(np.float32)
 
 
-def read_frame(scene_dir: str, frame: int, *, labels: bool = False) -> dict[str, np.ndarray]:
+def read_depth(path: str, depth_intrinsics: np.ndarray | None = None) -> np.ndarray:
+  """A depth PNG as uint16 [H, W] millimetres.
+
+  Args:
+    path: the PNG.
+    depth_intrinsics: the scene's 3x3 depth camera, or None; with it, the principal point must
+      lie in the middle half of the image (a depth image of another size than the camera's,
+      e.g. half the size, has its principal point at or beyond the border).
+
+  Raises:
+    FrameError: missing or corrupt file (as `read_uint16_png`), DEPTH_NOT_16BIT for any other
+      sample format (an 8-bit PNG would read as at most 255 mm), DEPTH_SIZE for a size that
+      does not fit the intrinsics.
+  """
+  image = _open_image(path)
+  if image.mode not in ("I;16", "I;16B", "I"):
+    raise FrameError(DEPTH_NOT_16BIT, path, f"PNG mode {image.mode}; depth must be 16-bit "
+                     "millimetres")
+  depth = read_uint16_png(path)
+  if depth_intrinsics is not None:
+    height, width = depth.shape
+    cx, cy = float(depth_intrinsics[0, 2]), float(depth_intrinsics[1, 2])
+    if not (0.25 * width <= cx <= 0.75 * width and 0.25 * height <= cy <= 0.75 * height):
+      raise FrameError(DEPTH_SIZE, path, f"{width}x{height} pixels, principal point "
+                       f"({cx:g}, {cy:g}) of intrinsic/intrinsic_depth.txt")
+  return depth
+
+
+def read_frame(scene_dir: str, frame: int, *, labels: bool = False,
+               depth_intrinsics: np.ndarray | None = None) -> dict[str, np.ndarray]:
   """Reads one frame at the files' own resolutions.
+
+  Args:
+    scene_dir: `scans/<scene>`.
+    frame: the frame index.
+    labels: also read label-filt/ and instance-filt/.
+    depth_intrinsics: the scene's depth camera, to check the depth image's size against; None
+      reads `intrinsic/intrinsic_depth.txt` when the scene has it.
 
   Returns:
     {"color": uint8 [Hc, Wc, 3], "depth": uint16 [H, W], "cam_to_world": float32 [4, 4]},
     plus "label" and "instance" (uint16 [H', W'], raw ids) when `labels`.
 
   Raises:
-    FrameError: a missing, corrupt or truncated file, a non-finite pose, all-zero depth.
+    FrameError: a missing, corrupt or truncated file, a non-finite or non-rigid pose, depth
+      that is not 16-bit, does not fit the depth intrinsics or is all zero.
   """
+  if depth_intrinsics is None:
+    path = os.path.join(scene_dir, "intrinsic", "intrinsic_depth.txt")
+    if os.path.isfile(path):
+      depth_intrinsics = read_matrix(path)[:3, :3]
   out = {
       "cam_to_world": read_pose(_frame_path(scene_dir, "pose", frame, ".txt")),
-      "depth": read_uint16_png(_frame_path(scene_dir, "depth", frame, ".png")),
+      "depth": read_depth(_frame_path(scene_dir, "depth", frame, ".png"), depth_intrinsics),
       "color": read_color(_frame_path(scene_dir, "color", frame, ".jpg")),
   }
   if not np.any(out["depth"]):

@@ -91,10 +91,11 @@ def frame_example(scene_dir: str, frame: int, intrinsics: scannet.Intrinsics,
     The example's features except "scene" and "frame".
 
   Raises:
-    scannet.FrameError: a missing, corrupt or truncated file, a non-finite pose, all-zero
-      depth.
+    scannet.FrameError: a missing, corrupt or truncated file, a non-finite or non-rigid pose,
+      depth that is not 16-bit, does not fit the depth intrinsics or is all zero.
   """
-  raw = scannet.read_frame(scene_dir, frame, labels=label_table is not None)
+  raw = scannet.read_frame(scene_dir, frame, labels=label_table is not None,
+                          depth_intrinsics=intrinsics.depth)
   depth = raw["depth"]
   hw = depth.shape
   # inv(E_color) @ E_depth maps depth-camera coordinates to colour-camera coordinates. ScanNet
