@@ -23,7 +23,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from p2p_jax.configs import pretrain as schema
-from p2p_jax.train import pretrain
+from p2p_jax.train import loop, pretrain
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]",
                                           lock_config=True)
@@ -40,6 +40,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   logging.set_verbosity(logging.INFO)
+  loop.handle_sigterm()  # first: a stop during setup still exits cleanly
   if _DISTRIBUTED.value or _COORDINATOR.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     logging.info("process %d of %d, %d of %d devices local", jax.process_index(),

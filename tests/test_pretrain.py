@@ -170,6 +170,27 @@ def test_sigterm_saves_and_exits_cleanly(uninterrupted, tmp_path):
   assert step == stopped >= 3 and restored["data"]["next_batch"] == step  # where it stopped
 
 
+def test_sigterm_during_setup_exits_cleanly_before_the_first_step(tmp_path):
+  """A stop while the run prepares its data (here: generating rooms and building the dataset)
+  ends it with exit 0 before its first step, and writes no checkpoint."""
+  workdir = str(tmp_path / "work")
+  log_path = tmp_path / "log.txt"
+  log = open(log_path, "w")
+  proc = subprocess.Popen(pretrain_command(str(tmp_path), workdir), cwd=ROOT, stdout=log,
+                          stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+  deadline = time.time() + 120
+  while "SIGTERM handler installed" not in open(log_path).read() and time.time() < deadline:
+    assert proc.poll() is None, open(log_path).read()[-3000:]
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGTERM)
+  proc.wait(timeout=300)
+  log.close()
+  output = open(log_path).read()
+  assert proc.returncode == 0, output[-3000:]
+  assert "SIGTERM before step 1" in output
+  assert not glob.glob(os.path.join(workdir, "checkpoints", "[0-9]*"))
+
+
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(
     uninterrupted, tmp_path):
   config, _, _ = uninterrupted

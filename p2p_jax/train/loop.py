@@ -82,6 +82,30 @@ def _read_records(path: str, upto: int) -> list[dict[str, Any]]:
   return kept
 
 
+# SIGTERMs recorded by `_record_sigterm`, the handler a loop (or `handle_sigterm`) installs.
+_SIGTERM: list[bool] = []
+
+
+def _record_sigterm(*_) -> None:
+  _SIGTERM.append(True)
+
+
+def handle_sigterm() -> None:
+  """Records SIGTERM instead of dying, from now on: call it first thing in a script.
+
+  A SIGTERM during setup (data preparation, compilation) then stops the next loop before its
+  first step, saving nothing new, and the script exits cleanly; one during a loop saves and
+  stops it, as without this call. Each loop consumes the signal it acted on.
+  """
+  signal.signal(signal.SIGTERM, _record_sigterm)
+  logging.info("SIGTERM handler installed: a stop during setup ends the run before its loop")
+
+
+def stop_requested() -> bool:
+  """Whether a SIGTERM arrived that no loop has acted on yet."""
+  return bool(_SIGTERM)
+
+
 def run(*, workdir: str | None, total_steps: int, init: Callable[[], Any],
         abstract_state: Any, step: Callable[[Any, Any], tuple[Any, dict[str, Any]]],
         batches: Callable[[int], Iterator[Any]], log_every: int,
@@ -157,8 +181,10 @@ def run(*, workdir: str | None, total_steps: int, init: Callable[[], Any],
              "data": ocp.args.JsonSave({"next_batch": step_number})}
     manager.save(step_number, force=final, args=ocp.args.Composite(**items))
 
-  terminated = []
-  previous = signal.signal(signal.SIGTERM, lambda *_: terminated.append(True))
+  previous = signal.signal(signal.SIGTERM, _record_sigterm)
+  if _SIGTERM:  # arrived during setup (see `handle_sigterm`): stop before the first step
+    logging.warning("SIGTERM before step %d of %s: stopped; nothing new to save", start + 1,
+                    workdir)
   log = board = None
   if workdir is not None and is_lead:
     log = open(os.path.join(workdir, METRICS), "a")
@@ -167,6 +193,8 @@ def run(*, workdir: str | None, total_steps: int, init: Callable[[], Any],
                   desc=desc, leave=leave)
   last = {}
   end = total_steps if stop_at is None else min(stop_at, total_steps)
+  if _SIGTERM:
+    end = start
   feed = batches(start)
   loop_start, log_seconds = time.perf_counter(), 0.0
   try:
@@ -193,7 +221,7 @@ def run(*, workdir: str | None, total_steps: int, init: Callable[[], Any],
               board.add_scalar(key, value, index + 1)
         bar.set_postfix({k: f"{last[k]:.3f}" for k in postfix if last.get(k) is not None})
       bar.update(1)
-      stop = bool(terminated)  # read once: a signal between save and check is not lost
+      stop = bool(_SIGTERM)  # read once: a signal between save and check is not lost
       final = stop or index + 1 == end
       if manager is not None and (final or (checkpoint_every and
                                             (index + 1) % checkpoint_every == 0)):
@@ -210,6 +238,7 @@ def run(*, workdir: str | None, total_steps: int, init: Callable[[], Any],
       log.close()
       board.close()
     signal.signal(signal.SIGTERM, previous)
+    _SIGTERM.clear()  # this loop acted on it
   jax.block_until_ready(state)
   return Result(state=state, last=last, records=records, start=start,
                 seconds=time.perf_counter() - loop_start - log_seconds)
