@@ -119,6 +119,13 @@ class SkipTally:
     """Skips per reason, in order of first appearance."""
     return dict(collections.Counter(reason for reason, _, _ in self.skipped))
 
+  def require_written(self) -> None:
+    """Raises if the split wrote nothing: TFDS's writer cannot finish an empty split, and its
+    bare assertion would not say why."""
+    if not self.written:
+      raise ValueError(f"{self.dataset}, split {self.split}: all {self.listed} {self.unit} were "
+                       f"skipped ({self.counts()}); see the warnings above")
+
   def finish(self) -> dict:
     """Logs the summary of the split and returns it for the metadata.
 

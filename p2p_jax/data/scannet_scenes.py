@@ -90,10 +90,7 @@ class ScannetScenes(tfds.core.GeneratorBasedBuilder):
           "scene": scene,
       }
     self.info.metadata["splits"][split] = tally.finish()
-    if not tally.written:
-      # The writer cannot finish an empty split; say why instead of its bare assertion.
-      raise ValueError(f"{self.info.full_name}, split {split}: all {tally.listed} scenes were "
-                       f"skipped ({tally.counts()}); see the warnings above")
+    tally.require_written()
 
 
 def build_scenes(manual_dir: str, data_dir: str) -> ScannetScenes:
