@@ -59,8 +59,6 @@ def stage_configs(c: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   for method in ("ppkt", "pointcontrast"):
     out[method].data.split = "train"
   out["ppkt"].ppkt.teacher.checkpoint = os.path.join(workdir, "teacher", "teacher")
-  for name, template in demo_config.templates().items():
-    config_lib.check_config(out[name], template)
   return out
 
 
@@ -87,9 +85,9 @@ def _generate(c: ml_collections.ConfigDict, workdir: str, done: str) -> None:
     json.dump({**w.to_dict(), **stats}, f)
 
 
-def _pretrain(config: ml_collections.ConfigDict, workdir: str, template) -> dict[str, Any]:
+def _pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   pretrain.prepare(config, workdir)
-  return pretrain.train(config, workdir, template=template)
+  return pretrain.train(config, workdir)
 
 
 def _run_json(path: str, fn):
@@ -150,7 +148,7 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
 def run(c: ml_collections.ConfigDict, workdir: str, results_dir: str) -> None:
   """Runs (or resumes) every stage of the study `c` in `workdir`; the report goes to
   `results_dir`."""
-  config_lib.check_config(c, demo_config.get_config())
+  demo_config.check(c)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   configs = stage_configs(c, workdir)
@@ -183,7 +181,7 @@ def run(c: ml_collections.ConfigDict, workdir: str, results_dir: str) -> None:
       out = os.path.join(workdir, method)
       pretrained[method] = timed(method, lambda m=method, o=out: _run_json(
           os.path.join(o, "summary.json"),
-          lambda: _pretrain(configs[m], o, demo_config.templates()[m])))
+          lambda: _pretrain(configs[m], o)))
   checkpoints = {"scratch": "", "ppkt": os.path.join(workdir, "ppkt"),
                  "pointcontrast": os.path.join(workdir, "pointcontrast")}
   results = timed("finetune", lambda: run_study(c, configs, workdir, checkpoints))
@@ -207,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"error: a --config.* override names a key the config does not have: {e}",
           file=sys.stderr)
     return 2
+  config_lib.check_or_exit(demo_config.check, config)  # before any data is touched
   run(config, workdir, results)
   return 0
 

@@ -13,6 +13,7 @@ from ml_collections import config_flags
 
 from p2p_jax.configs import finetune as schema
 from p2p_jax.tasks import segmentation
+from p2p_jax.train import config as config_lib
 from p2p_jax.train import finetune
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]",
@@ -24,6 +25,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   logging.set_verbosity(logging.INFO)
+  config_lib.check_or_exit(schema.check, _CONFIG.value)  # before any data is touched
   segmentation.prepare(_CONFIG.value.data)
   results = finetune.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
                                         template=schema.base())

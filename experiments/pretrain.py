@@ -23,6 +23,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from p2p_jax.configs import pretrain as schema
+from p2p_jax.train import config as config_lib
 from p2p_jax.train import loop, pretrain
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]",
@@ -41,6 +42,7 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.INFO)
   loop.handle_sigterm()  # first: a stop during setup still exits cleanly
+  config_lib.check_or_exit(schema.check, _CONFIG.value)  # before any data is touched
   if _DISTRIBUTED.value or _COORDINATOR.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     logging.info("process %d of %d, %d of %d devices local", jax.process_index(),

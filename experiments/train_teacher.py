@@ -12,6 +12,7 @@ from ml_collections import config_flags
 
 from p2p_jax.configs import teacher as schema
 from p2p_jax.data import prepare
+from p2p_jax.train import config as config_lib
 from p2p_jax.train import teacher
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]",
@@ -23,6 +24,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   logging.set_verbosity(logging.INFO)
+  config_lib.check_or_exit(schema.check, _CONFIG.value)  # before any data is touched
   prepare.teacher(_CONFIG.value.data)
   results = teacher.train(_CONFIG.value, _WORKDIR.value, template=schema.base())
   print(results["iou_table"])

@@ -20,6 +20,8 @@ other seeds, never on this world's val rooms; docs/demo/results.md records a mea
 Hardware: a 2-core CPU.
 """
 
+from collections.abc import Callable
+
 import ml_collections
 
 from experiments.configs import pointcontrast_synthetic, ppkt_synthetic
@@ -27,6 +29,7 @@ from p2p_jax.configs import common
 from p2p_jax.configs import finetune as finetune_schema
 from p2p_jax.configs import pretrain as pretrain_schema
 from p2p_jax.configs import teacher as teacher_schema
+from p2p_jax.train import config as config_lib
 
 # The budget, chosen from learning curves measured on other worlds (docs/demo/budget.md).
 TEACHER_STEPS = 2000
@@ -137,8 +140,34 @@ def stages(c: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]
           "finetune": finetune}
 
 
-def templates() -> dict[str, ml_collections.ConfigDict]:
-  """The schema each stage's config is checked against."""
-  return {"teacher": teacher_schema.base(), "ppkt": pretrain_schema.base("ppkt"),
-          "pointcontrast": pretrain_schema.base("pointcontrast"),
-          "finetune": finetune_schema.base()}
+def checks() -> dict[str, Callable[[ml_collections.ConfigDict], None]]:
+  """The start-up check of each stage's config (its schema's `check`)."""
+  return {"teacher": teacher_schema.check, "ppkt": pretrain_schema.check,
+          "pointcontrast": pretrain_schema.check, "finetune": finetune_schema.check}
+
+
+def check(c: ml_collections.ConfigDict) -> None:
+  """Checks the study's own keys and values (`config_lib.check_config`), then each stage's
+  config with its schema's check: all before any data is touched."""
+  r = config_lib
+  rules = {
+      "student": common.student_rule(), "student_colors": r.flag(),
+      "study.fractions": r.tuple_of(r.number(0, 1, low_open=True)),
+      "study.seeds": r.tuple_of(r.integer(1)), "study.probe_seeds": r.integer(0),
+      "study.inits": r.tuple_of(r.choice(("scratch", "ppkt", "pointcontrast"))),
+  } | common.synthetic_rules("world") | common.sparse_rules()
+  del rules["world.frames_per_scene"]
+  rules["world.frames_per_scene"] = r.integer(1)
+
+  def cross(c):
+    if len(c.study.seeds) != len(c.study.fractions):
+      return [f"study.seeds = {tuple(c.study.seeds)}: expected one count per fraction of "
+              f"study.fractions = {tuple(c.study.fractions)}"]
+    return []
+
+  r.check_config(c, get_config(), rules, cross)
+  for name, stage in stages(c).items():
+    try:
+      checks()[name](stage)
+    except ValueError as e:
+      raise ValueError(f"the {name} stage of the study: {e}") from None

@@ -8,6 +8,7 @@ import math
 import ml_collections
 
 from p2p_jax.configs import common
+from p2p_jax.train import config as config_lib
 
 
 def base() -> ml_collections.ConfigDict:
@@ -50,3 +51,39 @@ def paper_sgd(optimizer: ml_collections.ConfigDict) -> None:
   dampening 0.1, weight decay 1e-4, PolyLR power 0.9, no warm-up."""
   optimizer.update(name="sgd", learning_rate=0.1, momentum=0.9, dampening=0.1,
                    weight_decay=1e-4, schedule="poly", power=0.9, warmup_steps=0)
+
+
+def rules() -> dict[str, config_lib.Rule]:
+  """The rule of every key of `base()` (`p2p_jax.train.config`)."""
+  r = config_lib
+  return {
+      "seed": r.integer(0),
+      "data.dataset": r.choice(("scannet", "s3dis")), "data.val_area": r.integer(1, 6),
+      "data.manual_dir": r.text(), "data.data_dir": r.text(),
+      "init.checkpoint": r.text(), "student": common.student_rule(),
+      "mode": r.choice(("finetune", "linear_probe")),
+      "labels.fraction": r.number(0, 1, low_open=True), "labels.seed": r.integer(0),
+      "labels.points_per_scene": r.integer(0),
+      "crop.num_points": r.integer(1), "crop.size": r.positive(),
+      "crop.max_rotation": r.number(0), "crop.scale_range": r.ordered_pair(r.positive()),
+      "crop.jitter_sigma": r.number(0), "crop.jitter_clip": r.number(0),
+      "crop.colors": r.flag(),
+      "head.hidden": r.integer(1), "head.dropout": r.number(0, 1, high_open=True),
+      "batch_size": r.integer(1), "total_steps": r.integer(1), "eval.batch_size": r.integer(1),
+      "log_every": r.integer(1),
+  } | common.synthetic_rules("data.synthetic") | common.sparse_rules() | (
+      common.optimizer_rules())
+
+
+def _checks(c: ml_collections.ConfigDict) -> list[str]:
+  out = common.schedule_checks(c)
+  if c.labels.points_per_scene and c.mode == "linear_probe":
+    out.append(f"labels.points_per_scene = {c.labels.points_per_scene}: limited points are "
+               "for mode 'finetune'; expected 0 with mode 'linear_probe'")
+  return out
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Checks a fine-tuning config at start-up: its keys, every value and the cross-key
+  constraints, all named in one error (`config_lib.check_config`)."""
+  config_lib.check_config(config, base(), rules(), _checks)

@@ -6,6 +6,7 @@
 import ml_collections
 
 from p2p_jax.configs import common
+from p2p_jax.train import config as config_lib
 
 
 def base() -> ml_collections.ConfigDict:
@@ -38,3 +39,44 @@ def base() -> ml_collections.ConfigDict:
   # Held-out mIoU every `every` steps (a multiple of log_every; 0: at the end only).
   c.eval = ml_collections.ConfigDict(dict(batch_size=16, every=0))
   return c
+
+
+def rules() -> dict[str, config_lib.Rule]:
+  """The rule of every key of `base()` (`p2p_jax.train.config`)."""
+  from p2p_jax.data import scannet_frames  # the frames configs; TFDS only when checking
+  from p2p_jax.models import resnet
+  r = config_lib
+  return {
+      "seed": r.integer(0), "data.manual_dir": r.text(), "data.data_dir": r.text(),
+      "data.frames_config": r.choice([c.name for c in
+                                      scannet_frames.ScannetFrames.BUILDER_CONFIGS
+                                      if c.labels]),
+      "data.holdout_fraction": r.number(0, 1, low_open=True, high_open=True),
+      "data.holdout_seed": r.integer(0),
+      "arch": r.choice(sorted(resnet.VARIANTS)), "init.checkpoint": r.text(),
+      "head_layers": r.tuple_of(r.choice(("layer1", "layer2", "layer3", "layer4")),
+                                (1, 2, 3, 4)),
+      "image_hw": r.tuple_of(r.integer(16), (2,)),
+      "augment.crop_scale": r.ordered_pair(r.number(0, 1, low_open=True)),
+      "augment.crop_ratio": r.ordered_pair(r.positive()),
+      "augment.flip_probability": r.number(0, 1), "augment.color_jitter": r.number(0, 1),
+      "augment.channel_shuffle_probability": r.number(0, 1),
+      "augment.grayscale_probability": r.number(0, 1),
+      "class_weight_power": r.number(0),
+      "batch_size": r.integer(1), "total_steps": r.integer(1), "log_every": r.integer(1),
+      "eval.batch_size": r.integer(1), "eval.every": r.integer(0),
+  } | common.synthetic_rules("data.synthetic") | common.optimizer_rules()
+
+
+def _checks(c: ml_collections.ConfigDict) -> list[str]:
+  out = common.schedule_checks(c)
+  if c.eval.every and c.eval.every % c.log_every:
+    out.append(f"eval.every = {c.eval.every}: expected a multiple of log_every "
+               f"({c.log_every}); the held-out mIoU is measured on logged steps")
+  return out
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Checks a teacher config at start-up: its keys, every value and the cross-key
+  constraints, all named in one error (`config_lib.check_config`)."""
+  config_lib.check_config(config, base(), rules(), _checks)
