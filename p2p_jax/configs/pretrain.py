@@ -96,6 +96,7 @@ def rules(method: str = "ppkt") -> dict[str, config_lib.Rule]:
       "loss.symmetric": r.flag(),
       "per_device_batch": r.integer(1), "total_steps": r.integer(1), "log_every": r.integer(1),
       "checkpointing.every": r.integer(1), "checkpointing.keep": r.integer(1),
+      "checkpointing.fallback": r.flag(),
   } | common.synthetic_rules("data.synthetic") | common.sparse_rules() | (
       common.optimizer_rules())
   if method == "ppkt":

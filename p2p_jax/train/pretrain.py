@@ -58,6 +58,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
   Returns:
     The metrics of the last step.
+
+  Raises:
+    loop.StoppedError: a SIGTERM stopped the run (after saving where it was).
   """
   if template is not None:
     config_lib.check_config(config, template)
@@ -91,9 +94,11 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       abstract_state=loop.abstract_state(lambda: init(jax.random.key(config.seed))),
       step=step_fn, batches=lambda start: pipeline.prefetch(dataset, start=start),
       log_every=config.log_every, checkpoint_every=config.checkpointing.every,
-      keep=config.checkpointing.keep, place=lambda state: parallel.replicate(state, devices),
+      keep=config.checkpointing.keep, fallback=config.checkpointing.fallback,
+      place=lambda state: parallel.replicate(state, devices),
       to_host=parallel.unreplicate, save_items=student_items,
       per_step=lambda m, seconds: {"frames_per_second": frames_per_step / seconds,
                                    "pairs_per_second": m["pairs"] / seconds},
       stop_at=stop_at, desc="pretraining", postfix=("loss", "pair_accuracy"))
+  loop.raise_if_stopped(result, "pretraining", workdir)
   return result.last
