@@ -32,7 +32,7 @@ from experiments.configs import demo as demo_config
 from p2p_jax.data import prepare, synthetic
 from p2p_jax.tasks import segmentation
 from p2p_jax.train import config as config_lib
-from p2p_jax.train import finetune, pretrain, teacher
+from p2p_jax.train import finetune, loop, pretrain, teacher
 
 
 def parse(argv: list[str]) -> tuple[ml_collections.ConfigDict, str, str]:
@@ -205,8 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"error: a --config.* override names a key the config does not have: {e}",
           file=sys.stderr)
     return 2
+  loop.handle_sigterm()  # first: a stop during setup still exits cleanly
   config_lib.check_or_exit(demo_config.check, config)  # before any data is touched
-  run(config, workdir, results)
+  try:
+    run(config, workdir, results)
+  except loop.StoppedError as e:
+    print(f"{e}: `make demo` (or the same command) resumes the study", file=sys.stderr)
   return 0
 
 

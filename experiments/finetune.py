@@ -14,7 +14,7 @@ from ml_collections import config_flags
 from p2p_jax.configs import finetune as schema
 from p2p_jax.tasks import segmentation
 from p2p_jax.train import config as config_lib
-from p2p_jax.train import finetune
+from p2p_jax.train import finetune, loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]",
                                           lock_config=True)
@@ -25,10 +25,15 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   logging.set_verbosity(logging.INFO)
+  loop.handle_sigterm()  # first: a stop during setup still exits cleanly
   config_lib.check_or_exit(schema.check, _CONFIG.value)  # before any data is touched
   segmentation.prepare(_CONFIG.value.data)
-  results = finetune.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
-                                        template=schema.base())
+  try:
+    results = finetune.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                                          template=schema.base())
+  except loop.StoppedError as e:
+    logging.warning("%s", e)
+    return
   print(results["iou_table"])
   print(f"{results['mode']} from {results['init']}, {results['label_fraction']:g} of the labels "
         f"({len(results['labelled_scenes'])} scenes): mIoU {results['miou']:.3f}, mAcc "

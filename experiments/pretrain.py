@@ -48,7 +48,12 @@ def main(argv):
     logging.info("process %d of %d, %d of %d devices local", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
   pretrain.prepare(_CONFIG.value, _WORKDIR.value)
-  last = pretrain.train(_CONFIG.value, _WORKDIR.value, template=schema.base(_CONFIG.value.method))
+  try:
+    last = pretrain.train(_CONFIG.value, _WORKDIR.value,
+                          template=schema.base(_CONFIG.value.method))
+  except loop.StoppedError as e:
+    logging.warning("%s", e)
+    return
   if last:
     print(f"step {last['step']}: loss {last['loss']:.4f}, pair top-1 {last['pair_accuracy']:.3f}")
     print("final metrics:", json.dumps(last))

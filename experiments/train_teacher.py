@@ -13,7 +13,7 @@ from ml_collections import config_flags
 from p2p_jax.configs import teacher as schema
 from p2p_jax.data import prepare
 from p2p_jax.train import config as config_lib
-from p2p_jax.train import teacher
+from p2p_jax.train import loop, teacher
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]",
                                           lock_config=True)
@@ -24,9 +24,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   logging.set_verbosity(logging.INFO)
+  loop.handle_sigterm()  # first: a stop during setup still exits cleanly
   config_lib.check_or_exit(schema.check, _CONFIG.value)  # before any data is touched
   prepare.teacher(_CONFIG.value.data)
-  results = teacher.train(_CONFIG.value, _WORKDIR.value, template=schema.base())
+  try:
+    results = teacher.train(_CONFIG.value, _WORKDIR.value, template=schema.base())
+  except loop.StoppedError as e:
+    logging.warning("%s", e)
+    return
   print(results["iou_table"])
   print(f"held-out teacher frames: pixel accuracy {results['pixel_accuracy']:.3f}, "
         f"mIoU {results['miou']:.3f}; loss {results['train_loss'][0]:.3f} -> "

@@ -4,8 +4,10 @@ the frozen backbone of the probe, and the script end to end on its runlocal conf
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -256,3 +258,27 @@ def _with_dirs(data, data_dir):
   data = data.copy_and_resolve_references()
   data.data_dir = data_dir
   return data
+
+
+def test_sigterm_during_setup_stops_the_script_cleanly_without_results(tmp_path):
+  """A stop while the script prepares its data ends it with exit 0 before its first step,
+  naming the stop; no results.json is written for a run that never trained."""
+  workdir = tmp_path / "work"
+  log_path = tmp_path / "log.txt"
+  with open(log_path, "w") as log:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "experiments.finetune", "--config",
+         "experiments/configs/finetune_synthetic.py:runlocal", "--workdir", str(workdir),
+         f"--config.data.manual_dir={tmp_path}/rooms",
+         f"--config.data.data_dir={tmp_path}/tfds"],
+        cwd=ROOT, stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 120
+    while "SIGTERM handler installed" not in open(log_path).read() and time.time() < deadline:
+      assert proc.poll() is None, open(log_path).read()[-3000:]
+      time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=300)
+  output = open(log_path).read()
+  assert proc.returncode == 0, output[-3000:]
+  assert "SIGTERM: fine-tuning stopped after step 0" in output, output[-3000:]
+  assert not (workdir / "results.json").exists()

@@ -89,6 +89,7 @@ def _finetune(config, model, variables, train_scenes, crop, optimizer, key, work
       abstract_state=loop.abstract_state(init), step=step,
       batches=batches, log_every=config.log_every, desc=f"finetune {config.labels.fraction:g}",
       progress=progress, leave=False)
+  loop.raise_if_stopped(result, "fine-tuning", workdir)
   history = {k: [r[k] for r in result.records] for k in ("step", "loss", "accuracy")}
   history["variables"] = {"params": result.state.params,
                           "batch_stats": result.state.batch_stats}

@@ -307,6 +307,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   state, train_seconds = result.state, result.seconds
   history = {k: [r.get(k) for r in result.records]
              for k in ("step", "loss", "pixel_accuracy", "holdout_miou")}
+  loop.raise_if_stopped(result, "teacher training", workdir)
 
   # Evaluation and checkpoint.
   variables = {"params": state.params, "batch_stats": state.batch_stats}
