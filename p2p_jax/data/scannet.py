@@ -15,6 +15,10 @@ A scene directory, as ScanNet's SensReader writes it with a frame skip, plus the
       instance-filt/<f>.png          optional 2D instance ids (uint16)
       <scene>_vh_clean_2.ply         mesh vertices with colours
       <scene>_vh_clean_2.labels.ply  the same vertices with an NYU40 `label` property
+      <scene>_vh_clean_2.0.010000.segs.json, <scene>.aggregation.json
+                                     the instance annotation: a segment id per vertex, and
+                                     objects as groups of segments with a raw category name
+      <scene>.txt                    meta file; `axisAlignment = <16 numbers>` (train, val)
 
 `<f>` is the absolute frame index. Per-frame problems raise `FrameError` with the offending
 file and a short reason, so a builder can skip the frame and count it; problems that make a
@@ -22,8 +26,9 @@ whole scene unusable (a malformed intrinsics file) raise `ValueError` naming the
 """
 
 import csv
+import json
 import os
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import plyfile
@@ -366,3 +371,198 @@ def write_label_map(path: str, mapping: dict[int, tuple[str, int]]) -> None:
     writer.writerow(["id", "raw_category", "nyu40id"])
     for raw, (name, nyu40) in sorted(mapping.items()):
       writer.writerow([raw, name, nyu40])
+
+
+# The instance annotation and the scene's meta file, beside the meshes:
+#   <scene>_vh_clean_2.0.010000.segs.json  {"segIndices": [segment id of each mesh vertex]}
+#   <scene>.aggregation.json               {"segGroups": [{"objectId", "label", "segments"}]}
+#   <scene>.txt                            `key = value` lines, among them (train and val
+#                                          scenes) `axisAlignment = m00 m01 ... m33`
+SEGS_SUFFIX = "_vh_clean_2.0.010000.segs.json"
+AGGREGATION_SUFFIX = ".aggregation.json"
+META_SUFFIX = ".txt"
+AXIS_ALIGNMENT_KEY = "axisAlignment"
+
+
+class SegGroup(NamedTuple):
+  """One annotated object of `<scene>.aggregation.json`: its ScanNet `objectId` (0-based; the
+  instance id is objectId + 1), raw category name and over-segmentation segment ids."""
+  object_id: int
+  label: str
+  segments: list[int]
+
+
+def rigid_transform_problem(matrix: np.ndarray) -> str | None:
+  """Why a 4x4 matrix is not a rigid transform (last row 0 0 0 1, orthonormal rotation with
+  det +1, within `POSE_TOLERANCE`: the test `read_pose` applies), or None if it is one."""
+  matrix = np.asarray(matrix, np.float64)
+  if not np.all(np.isfinite(matrix)):
+    return "contains inf or NaN"
+  if not np.allclose(matrix[3], [0, 0, 0, 1], atol=POSE_TOLERANCE):
+    return f"last row {matrix[3].tolist()}, not 0 0 0 1"
+  rotation = matrix[:3, :3]
+  orthonormal = np.abs(rotation.T @ rotation - np.eye(3)).max()
+  det = np.linalg.det(rotation)
+  if orthonormal > POSE_TOLERANCE or abs(det - 1) > POSE_TOLERANCE:
+    return (f"rotation not orthonormal with det +1 (|R^T R - I| = {orthonormal:.3g}, "
+            f"det {det:.3g})")
+  return None
+
+
+def _read_json(path: str) -> Any:
+  if not os.path.isfile(path):
+    raise ValueError(f"{path}: missing file")
+  try:
+    with open(path, "rb") as f:
+      return json.loads(f.read())
+  except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def read_segments(path: str) -> np.ndarray:
+  """The over-segmentation of a mesh: `segIndices` of `<scene>_vh_clean_2.0.010000.segs.json`.
+
+  Returns:
+    int64 [V]: the segment id of each mesh vertex.
+
+  Raises:
+    ValueError: naming the file (and the field `segIndices`), if the file is missing, is not
+      JSON, or lacks a list of integers under `segIndices`.
+  """
+  data = _read_json(path)
+  seg = data.get("segIndices") if isinstance(data, dict) else None
+  if not isinstance(seg, list):
+    raise ValueError(f"{path}: field 'segIndices' missing or not a list")
+  bad = next((i for i, s in enumerate(seg) if not _is_int(s)), None)
+  if bad is not None:
+    raise ValueError(f"{path}: field 'segIndices' holds a non-integer at vertex {bad}: "
+                     f"{seg[bad]!r}")
+  return np.asarray(seg, np.int64).reshape(-1)
+
+
+def read_aggregation(path: str) -> list[SegGroup]:
+  """The annotated objects of `<scene>.aggregation.json`, in file order.
+
+  Each entry of `segGroups` needs `objectId` (or, failing it, `id`): a non-negative integer
+  unique in the file, `label`: the raw category name, and `segments`: a list of integer
+  segment ids of the segs file. Whether those segments exist is the caller's to check.
+
+  Raises:
+    ValueError: naming the file and the field (e.g. `segGroups[3].segments`), if the file is
+      missing, is not JSON or an entry lacks or mistypes a field, or an objectId repeats.
+  """
+  data = _read_json(path)
+  entries = data.get("segGroups") if isinstance(data, dict) else None
+  if not isinstance(entries, list):
+    raise ValueError(f"{path}: field 'segGroups' missing or not a list")
+  groups, seen = [], {}
+  for i, entry in enumerate(entries):
+    field = f"segGroups[{i}]"
+    if not isinstance(entry, dict):
+      raise ValueError(f"{path}: field '{field}' is not an object")
+    object_id = entry.get("objectId", entry.get("id"))
+    if not _is_int(object_id) or not 0 <= object_id < 2**31 - 1:
+      raise ValueError(f"{path}: field '{field}.objectId' (or 'id') missing or not an "
+                       f"integer in [0, 2^31 - 1): {object_id!r}")
+    if object_id in seen:
+      raise ValueError(f"{path}: field '{field}.objectId': objectId {object_id} repeats "
+                       f"segGroups[{seen[object_id]}]")
+    seen[object_id] = i
+    label = entry.get("label")
+    if not isinstance(label, str):
+      raise ValueError(f"{path}: field '{field}.label' missing or not a string: {label!r}")
+    segments = entry.get("segments")
+    if not isinstance(segments, list) or not all(_is_int(s) for s in segments):
+      raise ValueError(f"{path}: field '{field}.segments' missing or not a list of integers")
+    groups.append(SegGroup(object_id, label, segments))
+  return groups
+
+
+def read_axis_alignment(path: str) -> np.ndarray | None:
+  """The `axisAlignment` of a scene's meta file `<scene>.txt`, which rotates the scene about
+  z and translates it so that its walls run along the axes (ScanNet gives it for the train and
+  val scenes).
+
+  Returns:
+    float64 [4, 4], applied to homogeneous column vectors (`aligned = A @ [x y z 1]`); None if
+    the file is missing or has no `axisAlignment` line.
+
+  Raises:
+    ValueError: naming the file and the field `axisAlignment`, if the file is not text, the
+      line appears twice or does not hold 16 finite numbers (a row-major 4x4 matrix), or the
+      matrix is not a rigid transform (`rigid_transform_problem`).
+  """
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path, encoding="utf-8") as f:
+      lines = f.read().splitlines()
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{path}: not a text file ({e})") from e
+  values = [value for key, sep, value in (line.partition("=") for line in lines)
+            if sep and key.strip() == AXIS_ALIGNMENT_KEY]
+  if not values:
+    return None
+  field = f"field '{AXIS_ALIGNMENT_KEY}'"
+  if len(values) > 1:
+    raise ValueError(f"{path}: {field} appears {len(values)} times")
+  words = values[0].split()
+  if len(words) != 16:
+    raise ValueError(f"{path}: {field} holds {len(words)} values, not 16 (a row-major 4x4 "
+                     "matrix)")
+  try:
+    matrix = np.array([float(w) for w in words], np.float64).reshape(4, 4)
+  except ValueError as e:
+    raise ValueError(f"{path}: {field} holds a non-number ({e})") from e
+  problem = rigid_transform_problem(matrix)
+  if problem:
+    raise ValueError(f"{path}: {field} is not a rigid transform: {problem}")
+  return matrix
+
+
+def write_meta(path: str, axis_alignment: np.ndarray | None = None,
+               fields: dict[str, str] | None = None) -> None:
+  """Writes a scene's meta file `<scene>.txt`: `axisAlignment = ...` (row-major, when given)
+  and then `key = value` per entry of `fields`, as ScanNet's files hold them."""
+  lines = []
+  if axis_alignment is not None:
+    numbers = np.asarray(axis_alignment, np.float64).reshape(16)
+    lines.append(f"{AXIS_ALIGNMENT_KEY} = " + " ".join(f"{v:.9g}" for v in numbers))
+  lines.extend(f"{key} = {value}" for key, value in (fields or {}).items())
+  with open(path, "w") as f:
+    f.writelines(line + "\n" for line in lines)
+
+
+def read_raw_category_map(path: str) -> dict[str, int]:
+  """Raw ScanNet category name -> NYU40 id, from scannetv2-labels.combined.tsv
+  (`raw_category`, `nyu40id`): how the `label` of an aggregation's segGroup is mapped.
+
+  Raises:
+    ValueError: naming the file, if it is missing, lacks the columns, has a non-integer
+      nyu40id, or maps one raw category to two NYU40 ids.
+  """
+  if not os.path.isfile(path):
+    raise ValueError(f"{path}: missing label map (scannetv2-labels.combined.tsv)")
+  with open(path, newline="") as f:
+    reader = csv.DictReader(f, delimiter="\t")
+    if not reader.fieldnames or not {"raw_category", "nyu40id"} <= set(reader.fieldnames):
+      raise ValueError(f"{path}: needs the columns 'raw_category' and 'nyu40id', found "
+                       f"{reader.fieldnames}")
+    mapping = {}
+    for line, row in enumerate(reader, start=2):
+      name = row["raw_category"]
+      try:
+        nyu40 = int(row["nyu40id"])
+      except (TypeError, ValueError) as e:  # TypeError: a short row leaves a field as None
+        raise ValueError(f"{path}:{line}: non-integer nyu40id ({e})") from e
+      if name is None:
+        raise ValueError(f"{path}:{line}: no raw_category")
+      if mapping.get(name, nyu40) != nyu40:
+        raise ValueError(f"{path}:{line}: raw_category {name!r} maps to nyu40id {nyu40} "
+                         f"here and to {mapping[name]} above")
+      mapping[name] = nyu40
+  return mapping
