@@ -81,8 +81,9 @@ def _generate(c: ml_collections.ConfigDict, workdir: str, done: str) -> None:
                              seed=w.seed, val_fraction=w.val_fraction,
                              teacher_fraction=w.teacher_fraction, points_per_m2=w.points_per_m2,
                              overwrite=True, progress=True)
-  with open(done, "w") as f:
+  with open(done + ".partial", "w") as f:  # renamed when whole: a kill leaves no world.json
     json.dump({**w.to_dict(), **stats}, f)
+  os.replace(done + ".partial", done)
 
 
 def _pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

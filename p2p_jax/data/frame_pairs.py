@@ -38,6 +38,7 @@ import logging
 import math
 import os
 import re
+import zipfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -258,12 +259,20 @@ def compute_pairs(source: Sequence[dict[str, Any]], config: OverlapConfig = Over
   return FramePairs(index=index, overlap=overlap, num_frames=len(source), stats=stats)
 
 
+class UnreadablePairsError(ValueError):
+  """A pairs file that cannot be read: a write that never finished (or another file)."""
+
+
 def save_pairs(path: str, pairs: FramePairs) -> None:
-  """Writes `pairs` as .npz ("index", "overlap", and "stats" as JSON text), atomically."""
+  """Writes `pairs` as .npz ("index", "overlap", and "stats" as JSON text), atomically: under
+  a temporary name, synced to disk, then renamed, so `path` is complete whenever it exists."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = path + ".tmp.npz"
-  np.savez(tmp, index=pairs.index, overlap=pairs.overlap,
-           num_frames=np.int64(pairs.num_frames), stats=np.array(json.dumps(pairs.stats)))
+  with open(tmp, "wb") as f:
+    np.savez(f, index=pairs.index, overlap=pairs.overlap,
+             num_frames=np.int64(pairs.num_frames), stats=np.array(json.dumps(pairs.stats)))
+    f.flush()
+    os.fsync(f.fileno())  # the data reaches the disk before the rename does
   os.replace(tmp, path)
 
 
@@ -279,14 +288,20 @@ def load_pairs(path: str, source: Sequence[Any] | None = None) -> FramePairs:
 
   Raises:
     FileNotFoundError: naming the command that writes the file.
+    UnreadablePairsError: (a ValueError) if the file is truncated or not a pairs file.
     ValueError: if the pairs were computed for a source of another length.
   """
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path}: no frame pairs; run python -m "
                             "datasets.scannet_frames.make_pairs for this dataset and split")
-  with np.load(path) as f:
-    pairs = FramePairs(index=f["index"], overlap=f["overlap"], num_frames=int(f["num_frames"]),
-                       stats=json.loads(str(f["stats"])))
+  try:
+    with np.load(path) as f:
+      pairs = FramePairs(index=f["index"], overlap=f["overlap"],
+                         num_frames=int(f["num_frames"]), stats=json.loads(str(f["stats"])))
+  except (EOFError, KeyError, ValueError, zipfile.BadZipFile) as e:
+    raise UnreadablePairsError(
+        f"{path}: unreadable frame pairs ({type(e).__name__}: {e}), e.g. a write that never "
+        "finished; run python -m datasets.scannet_frames.make_pairs --overwrite") from e
   if source is not None and len(source) != pairs.num_frames:
     raise ValueError(f"{path}: pairs of a source of {pairs.num_frames} frames, but this one "
                      f"has {len(source)}; recompute them")
@@ -322,10 +337,14 @@ def mine_pairs(data_dir: str, split: str, config: str = "skip25",
   source = scannet_frames.load_frames(data_dir, split, config)
   path = pairs_path(data_dir, split, config)
   if os.path.exists(path) and not overwrite:
-    pairs = load_pairs(path, source)
-    if pairs.stats.get("config") == dataclasses.asdict(overlap):
-      return pairs
-    logging.info("%s was computed with %s; recomputing", path, pairs.stats.get("config"))
+    try:
+      pairs = load_pairs(path, source)
+    except UnreadablePairsError as e:
+      logger.warning("%s; recomputing", e)
+    else:
+      if pairs.stats.get("config") == dataclasses.asdict(overlap):
+        return pairs
+      logger.info("%s was computed with %s; recomputing", path, pairs.stats.get("config"))
   pairs = compute_pairs(source, overlap, progress=progress)
   save_pairs(path, pairs)
   return pairs

@@ -15,6 +15,10 @@ On disk, a directory:
   cache.json              what the features were computed from, and "record_shape"; opening a
                           cache with other settings is an error naming the file and the field
 
+A cache is complete once cache.json exists: `build_cache` removes it first, writes the
+features under a temporary name, renames them, and then writes cache.json under a temporary
+name and renames it, so a build killed at any point leaves no cache.json behind.
+
 Records are raw bytes rather than `.npy`: `np.load` parses the `.npy` header with
 `ast.literal_eval`, and on CPython 3.11 concurrent AST construction in the loader's threads can
 fail with "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905).
@@ -143,6 +147,8 @@ def build_cache(directory: str, source: Sequence[dict[str, Any]],
   finally:
     writer.close()
   os.replace(partial, os.path.join(directory, FEATURES))
-  with open(os.path.join(directory, METADATA), "w") as f:
-    json.dump({**metadata, "record_shape": record_shape}, f, indent=1)
+  path = os.path.join(directory, METADATA)
+  with open(path + ".partial", "w") as f:
+    f.write(json.dumps({**metadata, "record_shape": record_shape}, indent=1))
+  os.replace(path + ".partial", path)  # last: marks the cache complete
   return TeacherCache(directory, metadata)

@@ -72,19 +72,26 @@ def teacher_split(manual_dir: str, data_dir: str, holdout_fraction: float,
 
 def write_export(manual_dir: str, root: str, train: Sequence[str],
                  held_out: Sequence[str]) -> None:
-  """Writes `<root>/export/` (see the module docstring) unless a finished one is there."""
+  """Writes `<root>/export/` (see the module docstring) unless a finished one is there.
+
+  It is written as `<root>/export.partial/` and renamed when complete, so `export/` is never
+  a half-written one; a `.partial` left by a killed write is removed and written again.
+  """
   manual_dir = os.path.abspath(manual_dir)
   export = os.path.join(root, "export")
   if os.path.isfile(os.path.join(export, "scannetv2_val.txt")):
     return
-  shutil.rmtree(export, ignore_errors=True)  # an interrupted earlier attempt
-  os.makedirs(os.path.join(export, "scans"))
+  staging = export + ".partial"
+  for path in (export, staging):  # a killed write (export/ from an older version)
+    shutil.rmtree(path, ignore_errors=True)
+  os.makedirs(os.path.join(staging, "scans"))
   for scene in [*train, *held_out]:
-    os.symlink(os.path.join(manual_dir, "scans", scene), os.path.join(export, "scans", scene))
-  shutil.copy(os.path.join(manual_dir, scannet.LABEL_MAP_FILE), export)
+    os.symlink(os.path.join(manual_dir, "scans", scene), os.path.join(staging, "scans", scene))
+  shutil.copy(os.path.join(manual_dir, scannet.LABEL_MAP_FILE), staging)
   for name, scenes in (("scannetv2_train.txt", train), ("scannetv2_val.txt", held_out)):
-    with open(os.path.join(export, name), "w") as f:  # the val list last: marks completion
+    with open(os.path.join(staging, name), "w") as f:
       f.writelines(s + "\n" for s in scenes)
+  os.rename(staging, export)
 
 
 def build(root: str, frames_config: str) -> None:

@@ -4,7 +4,9 @@
     layout       floor polygons, walls, and furniture placed by rejection sampling
     appearance   per-instance colours and procedural solid textures
     render       room meshes, camera paths, ray-cast frames, surface samples
-    writer       scenes written as a ScanNet export; `generate`, and the command line
+    writer       scenes written as a ScanNet export; `generate`, `generate_if_asked` (its
+                 marker, `MARKER`, tells a finished generation from a killed one), and the
+                 command line
 
 The command line is `python -m datasets.synthetic_rooms.generate` (see `writer`).
 """
@@ -23,17 +25,19 @@ from p2p_jax.data.synthetic.render import (
 from p2p_jax.data.synthetic.writer import (
     AGGREGATION_SUFFIX,
     FRAME_STEP,
+    MARKER,
     SEGS_SUFFIX,
     generate,
     generate_if_asked,
     main,
+    read_marker,
     scene_name,
     scene_room,
 )
 
 __all__ = [
     "AGGREGATION_SUFFIX", "CAMERA_CLEARANCE", "CEILING", "FLOOR", "FRAME_STEP", "GRID",
-    "LABEL_MAP", "ROOM_TYPES", "SEGS_SUFFIX", "Room", "build_room", "camera_trajectory",
-    "generate", "generate_if_asked", "intrinsics_for", "main", "render", "sample_surface",
-    "scene_name", "scene_room",
+    "LABEL_MAP", "MARKER", "ROOM_TYPES", "SEGS_SUFFIX", "Room", "build_room",
+    "camera_trajectory", "generate", "generate_if_asked", "intrinsics_for", "main",
+    "read_marker", "render", "sample_surface", "scene_name", "scene_room",
 ]

@@ -14,6 +14,8 @@ synthetic scene `k` of the seed, named after its type (`office_1`, `WC_1`, ...);
 a pure function of the arguments, byte for byte.
 """
 
+import glob
+import logging
 import os
 import shutil
 import tempfile
@@ -42,6 +44,8 @@ ROOM_NAMES = {"bedroom": "bedroom", "living room": "lounge", "kitchen": "pantry"
 # Settings of a config's `data.synthetic` that concern only the ScanNet-layout rooms.
 SCANNET_ONLY = frozenset({"frames_per_scene", "height", "width", "val_fraction",
                           "teacher_fraction", "depth_noise", "depth_holes", "workers"})
+
+logger = logging.getLogger(__name__)
 
 
 def _lines(points: np.ndarray, colors: np.ndarray) -> list[str]:
@@ -74,7 +78,7 @@ def write_rooms(out_dir: str, num_areas: int, rooms_per_area: int | Sequence[int
   """Writes synthetic rooms as `<out_dir>/Stanford3dDataset_v1.2_Aligned_Version/`.
 
   The tree is written into a temporary folder beside it and renamed into place, so a reader
-  never sees a partial dataset.
+  never sees a partial dataset; the temporary folders of killed writes are removed first.
 
   Args:
     out_dir: the manual dir to write into.
@@ -100,6 +104,10 @@ def write_rooms(out_dir: str, num_areas: int, rooms_per_area: int | Sequence[int
     raise ValueError(f"{target} exists; pass overwrite=True to replace it")
   start = time.perf_counter()
   os.makedirs(out_dir, exist_ok=True)
+  for stale in glob.glob(os.path.join(glob.escape(out_dir), f".{s3dis.ROOT}.*")):
+    logger.warning("%s: the unfinished tree of an interrupted write of synthetic S3DIS rooms; "
+                   "removing it", stale)
+    shutil.rmtree(stale)
   staging = tempfile.mkdtemp(prefix=f".{s3dis.ROOT}.", dir=out_dir)
   rooms, points, index = [], 0, 0
   try:
@@ -123,7 +131,8 @@ def write_rooms(out_dir: str, num_areas: int, rooms_per_area: int | Sequence[int
 
 def generate_if_asked(out_dir: str, settings: Any) -> bool:
   """Writes synthetic rooms into `out_dir` as a config's `data.synthetic` says, unless its
-  `scenes` is 0 or `out_dir` already holds `Stanford3dDataset_v1.2_Aligned_Version/`.
+  `scenes` is 0 or `out_dir` already holds `Stanford3dDataset_v1.2_Aligned_Version/` (which
+  `write_rooms` renames into place only when complete, so a killed write is redone).
 
   `scenes` is the total number of rooms, spread over the areas as evenly as possible (the
   first areas get one more), so it must be at least the number of areas. `seed` and

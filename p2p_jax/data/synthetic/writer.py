@@ -18,6 +18,13 @@ z-depth, semantic labels and instance ids. Written per scene, with `p2p_jax.data
     scans/<scene>/<scene>_vh_clean_2.0.010000.segs.json, <scene>.aggregation.json
                                                        instances, as ScanNet stores them
     scannetv2-labels.combined.tsv, scannetv2_{train,val}.txt (and _teacher.txt when asked)
+    synthetic_rooms.json                               the settings; "complete" is set last
+
+The marker `synthetic_rooms.json` is written, marked incomplete, before anything else and
+marked complete (an atomic rename) after everything else, so a generation killed at any point
+is recognised: the next `generate` or `generate_if_asked` logs a warning naming it, removes its
+scene folders and writes the dataset again. A folder with scans/ and no marker is someone's
+export (or the output of an older version) and is never deleted.
 
 Raw label ids equal NYU40 ids. The ceiling carries NYU40 22 ("ceiling"), which the 20-class
 benchmark ignores. Output is a pure function of the arguments (not of `workers`): the same seed
@@ -25,11 +32,15 @@ gives byte-identical files, and scene i is the same whatever the number of scene
 """
 
 import argparse
+import ctypes
 import dataclasses
+import inspect
 import json
+import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -52,8 +63,10 @@ from p2p_jax.data.synthetic.render import (
 FRAME_STEP = 25  # frame indices as in a SensReader export keeping every 25th frame (PPKT's skip)
 SEGS_SUFFIX = "_vh_clean_2.0.010000.segs.json"
 AGGREGATION_SUFFIX = ".aggregation.json"
+MARKER = "synthetic_rooms.json"  # {"complete": bool, "settings": {...}}
+_PR_SET_PDEATHSIG = 1  # prctl(2) on Linux
 
-
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,20 +149,120 @@ def _splits(rng: np.random.Generator, scenes: list[str], val_fraction: float,
           "train": pick(order[teacher + val:])}
 
 
+def _settings(*, num_scenes: int, frames_per_scene: int, height: int, width: int, seed: int,
+              val_fraction: float, teacher_fraction: float, depth_noise: float,
+              depth_holes: float, points_per_m2: float, **_: Any) -> dict[str, int | float]:
+  """The arguments of `generate` that its output depends on (not workers, overwrite,
+  progress), as the marker stores them."""
+  return {"num_scenes": int(num_scenes), "frames_per_scene": int(frames_per_scene),
+          "height": int(height), "width": int(width), "seed": int(seed),
+          "val_fraction": float(val_fraction), "teacher_fraction": float(teacher_fraction),
+          "depth_noise": float(depth_noise), "depth_holes": float(depth_holes),
+          "points_per_m2": float(points_per_m2)}
+
+
+def read_marker(out_dir: str) -> dict[str, Any] | None:
+  """The generator's marker in `out_dir` ({"complete", "settings"}), or None if it has none.
+
+  Raises:
+    ValueError: for a marker that is not the generator's JSON.
+  """
+  path = os.path.join(out_dir, MARKER)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    try:
+      marker = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}: not the synthetic-room generator's marker ({e}); delete "
+                       f"{out_dir} to generate the rooms again") from e
+  if not isinstance(marker, dict) or set(marker) != {"complete", "settings"}:
+    raise ValueError(f"{path}: not the synthetic-room generator's marker; delete {out_dir} "
+                     "to generate the rooms again")
+  return marker
+
+
+def _write_marker(out_dir: str, settings: dict[str, Any], complete: bool) -> None:
+  """Writes the marker under a temporary name and renames it, so it is never half written."""
+  path = os.path.join(out_dir, MARKER)
+  with open(path + ".tmp", "w") as f:
+    f.write(json.dumps({"complete": complete, "settings": settings}, indent=1, sort_keys=True)
+            + "\n")
+  os.replace(path + ".tmp", path)
+
+
+def _remove_interrupted(out_dir: str, marker: dict[str, Any]) -> None:
+  """Removes the scene folders of the interrupted generation `marker` describes: folders the
+  generator created or was allowed to overwrite (it refuses others before writing its marker).
+  The label map and split lists are rewritten by the generation that follows."""
+  scans_dir = os.path.join(out_dir, "scans")
+  logger.warning("%s: an earlier generation of synthetic rooms was interrupted (%s is not "
+                 "marked complete); removing its partial scenes from %s and generating again",
+                 out_dir, os.path.join(out_dir, MARKER), scans_dir)
+  for i in range(int(marker["settings"]["num_scenes"])):
+    scene_dir = os.path.join(scans_dir, scene_name(i))
+    if os.path.isdir(scene_dir):
+      shutil.rmtree(scene_dir)
+  if os.path.isdir(scans_dir) and not os.listdir(scans_dir):
+    os.rmdir(scans_dir)
+
+
 def generate_if_asked(out_dir: str, settings: Any) -> bool:
   """Generates rooms into `out_dir` as a config's `data.synthetic` says, unless its `scenes`
-  is 0 or `out_dir` already holds scans/. Returns whether it generated.
+  is 0 or `out_dir` already holds them.
+
+  `out_dir` holds them when the generator's marker says a generation with these settings
+  completed there, or when it has scans/ and no marker (an export from elsewhere, used as it
+  is and never deleted). A generation that was interrupted (marker not complete) is removed
+  and redone, with a warning naming it.
 
   Args:
     out_dir: the export root.
     settings: a mapping (or ConfigDict) with `scenes` and any keyword of `generate`.
+
+  Returns:
+    Whether it generated.
+
+  Raises:
+    ValueError: if `out_dir` holds a complete generation with other settings (a rebuild would
+      leave the datasets built from it stale, so it is not done silently).
   """
   s = dict(settings.to_dict() if hasattr(settings, "to_dict") else settings)
   scenes = s.pop("scenes", 0)
-  if not scenes or os.path.isdir(os.path.join(out_dir, "scans")):
+  if not scenes:
+    return False
+  marker = read_marker(out_dir)
+  if marker is None and os.path.isdir(os.path.join(out_dir, "scans")):
+    logger.warning("%s has scans/ but no %s, so it was not written by this version of the "
+                   "generator: used as it is, never deleted (if it is a generation that was "
+                   "killed, delete it to generate the rooms again)", out_dir, MARKER)
+    return False
+  if marker is not None and marker["complete"]:
+    arguments = inspect.signature(generate).bind(out_dir, num_scenes=scenes, **s)
+    arguments.apply_defaults()
+    wanted = _settings(**arguments.arguments)
+    had = marker["settings"]
+    differ = sorted(k for k in wanted if had.get(k) != wanted[k])
+    if differ:
+      show = lambda values: ", ".join(f"{k}={values.get(k)!r}" for k in differ)
+      raise ValueError(f"{out_dir} holds synthetic rooms generated with {show(had)}, but this "
+                       f"config asks for {show(wanted)}; delete {out_dir} and the datasets "
+                       "built from it, or point data.manual_dir elsewhere")
     return False
   generate(out_dir, num_scenes=scenes, progress=True, **s)
   return True
+
+
+def _die_with_parent(parent: int) -> None:
+  """Pool initializer: on Linux a worker gets SIGKILL when the generating process dies, so a
+  killed generation leaves no worker writing on into the output it left behind."""
+  try:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+  except (OSError, AttributeError):  # not Linux: workers finish their scene, then exit
+    return
+  if os.getppid() != parent:  # it died before prctl
+    os._exit(1)
 
 
 def generate(out_dir: str, *, num_scenes: int, frames_per_scene: int, height: int = 240,
@@ -177,7 +290,8 @@ def generate(out_dir: str, *, num_scenes: int, frames_per_scene: int, height: in
     depth_holes: fraction of depth pixels dropped in blobs.
     points_per_m2: density of the labelled surface samples written as the scene mesh.
     workers: processes rendering scenes in parallel; default min(CPU count, num_scenes).
-    overwrite: replace existing scene directories instead of refusing to.
+    overwrite: replace existing scene directories instead of refusing to. The scenes of an
+      interrupted generation (see the module docstring) are replaced without it.
     progress: show a progress bar.
 
   Returns:
@@ -193,15 +307,25 @@ def generate(out_dir: str, *, num_scenes: int, frames_per_scene: int, height: in
   if not 0 <= depth_holes < 1 or depth_noise < 0:
     raise ValueError("depth_holes must be in [0, 1) and depth_noise non-negative")
   start = time.perf_counter()
+  settings = _settings(num_scenes=num_scenes, frames_per_scene=frames_per_scene, height=height,
+                       width=width, seed=seed, val_fraction=val_fraction,
+                       teacher_fraction=teacher_fraction, depth_noise=depth_noise,
+                       depth_holes=depth_holes, points_per_m2=points_per_m2)
   scans_dir = os.path.join(out_dir, "scans")
   names = [scene_name(i) for i in range(num_scenes)]
   splits = _splits(np.random.default_rng(seed), names, val_fraction, teacher_fraction)
-  for name in names:
-    scene_dir = os.path.join(scans_dir, name)
-    if os.path.exists(scene_dir):
-      if not overwrite:
-        raise ValueError(f"{scene_dir} exists; pass overwrite=True (--overwrite) to replace it")
-      shutil.rmtree(scene_dir)
+  marker = read_marker(out_dir)
+  if marker is not None and not marker["complete"]:
+    _remove_interrupted(out_dir, marker)
+  existing = [os.path.join(scans_dir, name) for name in names
+              if os.path.exists(os.path.join(scans_dir, name))]
+  if existing and not overwrite:
+    raise ValueError(f"{existing[0]} exists; pass overwrite=True (--overwrite) to replace it")
+  # From here on the folder is the generator's until the marker says complete.
+  os.makedirs(out_dir, exist_ok=True)
+  _write_marker(out_dir, settings, complete=False)
+  for scene_dir in existing:
+    shutil.rmtree(scene_dir)
   tasks = [_SceneTask(scans_dir, seed, i, frames_per_scene, height, width, depth_noise,
                       depth_holes, points_per_m2) for i in range(num_scenes)]
   workers = min(os.cpu_count() or 1, num_scenes) if workers is None else workers
@@ -211,10 +335,10 @@ def generate(out_dir: str, *, num_scenes: int, frames_per_scene: int, height: in
         _generate_scene(task, lambda: bar.update(1))
     else:
       # Spawned, not forked: the parent may hold threads (JAX) that a fork would copy broken.
-      with multiprocessing.get_context("spawn").Pool(workers) as pool:
+      with multiprocessing.get_context("spawn").Pool(workers, _die_with_parent,
+                                                     (os.getpid(),)) as pool:
         for frames in pool.imap_unordered(_generate_scene, tasks):
           bar.update(frames)
-  os.makedirs(out_dir, exist_ok=True)
   scannet.write_label_map(os.path.join(out_dir, scannet.LABEL_MAP_FILE), LABEL_MAP)
   for split, scenes in splits.items():
     path = os.path.join(out_dir, f"scannetv2_{split}.txt")
@@ -224,6 +348,7 @@ def generate(out_dir: str, *, num_scenes: int, frames_per_scene: int, height: in
       continue
     with open(path, "w") as f:
       f.writelines(name + "\n" for name in scenes)
+  _write_marker(out_dir, settings, complete=True)
   seconds = time.perf_counter() - start
   frames = num_scenes * frames_per_scene
   return {"scenes": num_scenes, "frames": frames, "seconds": seconds,
