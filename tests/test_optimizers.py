@@ -45,5 +45,26 @@ def test_sgd_dampening_weight_decay_and_poly_schedule_match_torch(dampening):
 
 
 def test_unknown_schedule_is_named():
-  with pytest.raises(ValueError, match="unknown schedule 'step'"):
-    state_lib.make_schedule(state_lib.OptimizerConfig(schedule="step"))
+  with pytest.raises(ValueError, match="unknown schedule 'exponential'"):
+    state_lib.make_schedule(state_lib.OptimizerConfig(schedule="exponential"))
+
+
+@pytest.mark.parametrize("boundaries", [(80 / 180, 120 / 180, 160 / 180), (0.5, 0.5), ()])
+def test_step_schedule_matches_torch_multistep(boundaries):
+  """VoteNet's schedule: lr x 0.1 at epochs 80, 120 and 160 of 180, as torch's MultiStepLR
+  (a repeated milestone decays twice)."""
+  total = 180
+  config = state_lib.OptimizerConfig(learning_rate=1e-3, total_steps=total, schedule="step",
+                                     boundaries=boundaries, decay=0.1)
+  schedule = state_lib.make_schedule(config)
+  param = torch.nn.Parameter(torch.zeros(1))
+  opt = torch.optim.SGD([param], lr=1e-3)
+  sched = torch.optim.lr_scheduler.MultiStepLR(
+      opt, milestones=[round(b * total) for b in boundaries], gamma=0.1)
+  expected = []
+  for _ in range(total + 5):
+    expected.append(opt.param_groups[0]["lr"])
+    opt.step()
+    sched.step()
+  np.testing.assert_allclose([float(schedule(s)) for s in range(total + 5)], expected,
+                             rtol=1e-6)

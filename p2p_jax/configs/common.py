@@ -15,11 +15,11 @@ def synthetic(**overrides) -> ml_collections.ConfigDict:
 
 
 def optimizer(**overrides) -> ml_collections.ConfigDict:
-  """`optimizer`: "sgd" (with momentum, optionally dampened) or "adamw" on a warm-up + cosine
-  or poly schedule (`p2p_jax.train.state.OptimizerConfig`)."""
+  """`optimizer`: "sgd" (with momentum, optionally dampened) or "adamw" on a warm-up + cosine,
+  poly or step schedule (`p2p_jax.train.state.OptimizerConfig`)."""
   return ml_collections.ConfigDict(dict(
       name="adamw", learning_rate=1e-2, weight_decay=1e-4, momentum=0.9, dampening=0.0,
-      warmup_steps=0, schedule="cosine", power=0.9) | overrides)
+      warmup_steps=0, schedule="cosine", power=0.9, boundaries=(), decay=0.1) | overrides)
 
 
 def sparse(**overrides) -> ml_collections.ConfigDict:
@@ -52,7 +52,10 @@ def optimizer_rules(at: str = "optimizer") -> dict[str, config_lib.Rule]:
       "weight_decay": config_lib.number(0), "momentum": config_lib.number(0, 1, high_open=True),
       "dampening": config_lib.number(0, 1, high_open=True),
       "warmup_steps": config_lib.integer(0),
-      "schedule": config_lib.choice(("cosine", "poly")), "power": config_lib.positive()})
+      "schedule": config_lib.choice(("cosine", "poly", "step")),
+      "power": config_lib.positive(),
+      "boundaries": config_lib.tuple_of(config_lib.number(0, 1, low_open=True)),
+      "decay": config_lib.number(0, 1, low_open=True)})
 
 
 def sparse_rules(at: str = "sparse") -> dict[str, config_lib.Rule]:

@@ -49,9 +49,14 @@ class OptimizerConfig:
     momentum: SGD momentum (unused by AdamW).
     warmup_steps: linear warm-up from 0.
     total_steps: length of the schedule.
-    schedule: "cosine" (decay to 0 at `total_steps`) or "poly" (MinkowskiEngine's PolyLR:
-      lr (1 - step / (total_steps + 1))^power, the fine-tuning schedule of the paper's code).
+    schedule: "cosine" (decay to 0 at `total_steps`), "poly" (MinkowskiEngine's PolyLR:
+      lr (1 - step / (total_steps + 1))^power, the fine-tuning schedule of the paper's code)
+      or "step" (torch's MultiStepLR, VoteNet's: lr times `decay` at each boundary passed).
     power: the "poly" schedule's exponent.
+    boundaries: the "step" schedule's boundaries, as fractions of `total_steps` (VoteNet:
+      epochs 80, 120 and 160 of 180); the step round(fraction x total_steps) is the first at
+      the lower rate.
+    decay: the "step" schedule's factor at each boundary.
     dampening: SGD momentum dampening as in `torch.optim.SGD`: the momentum buffer starts at
       the first gradient, then b = momentum b + (1 - dampening) g.
   """
@@ -64,6 +69,8 @@ class OptimizerConfig:
   schedule: str = "cosine"
   power: float = 0.9
   dampening: float = 0.0
+  boundaries: tuple[float, ...] = ()
+  decay: float = 0.1
 
   @classmethod
   def from_config(cls, optimizer, total_steps: int) -> "OptimizerConfig":
@@ -72,17 +79,31 @@ class OptimizerConfig:
                weight_decay=optimizer.weight_decay, momentum=optimizer.momentum,
                warmup_steps=optimizer.warmup_steps, total_steps=total_steps,
                schedule=optimizer.schedule, power=optimizer.power,
-               dampening=optimizer.dampening)
+               dampening=optimizer.dampening, boundaries=tuple(optimizer.boundaries),
+               decay=optimizer.decay)
 
 
 def make_schedule(config: OptimizerConfig):
   """Linear warm-up to the learning rate, then cosine decay to 0 at `total_steps` ("cosine"),
-  or MinkowskiEngine's PolyLR after the warm-up ("poly")."""
+  MinkowskiEngine's PolyLR after the warm-up ("poly"), or steps down by `decay` at each of
+  `boundaries` ("step")."""
   if config.schedule == "cosine":
     return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps,
                                               max(config.total_steps, config.warmup_steps + 1))
+  if config.schedule == "step":
+    scales = {}  # a repeated boundary decays twice, as in torch's MultiStepLR
+    for fraction in config.boundaries:
+      boundary = round(fraction * config.total_steps)
+      scales[boundary] = scales.get(boundary, 1.0) * config.decay
+    stepped = optax.piecewise_constant_schedule(config.learning_rate, scales)
+    if not config.warmup_steps:
+      return stepped
+    return lambda step: jnp.where(step < config.warmup_steps,
+                                  config.learning_rate * step / config.warmup_steps,
+                                  stepped(step))
   if config.schedule != "poly":
-    raise ValueError(f"unknown schedule {config.schedule!r}; expected 'cosine' or 'poly'")
+    raise ValueError(f"unknown schedule {config.schedule!r}; expected 'cosine', 'poly' or "
+                     "'step'")
   length = max(config.total_steps - config.warmup_steps, 1) + 1
 
   def poly(step):
