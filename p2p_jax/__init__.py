@@ -9,9 +9,11 @@ Importing the package does no work and pulls in nothing heavy; import the submod
     pointops     farthest point sampling, kNN, ball query, grouping, interpolation, pooling
     losses       pixel-to-point InfoNCE (PPKT) and PointInfoNCE (PointContrast)
     sparse       sparse tensors and sparse convolution
+    boxes        3D boxes (cx, cy, cz, dx, dy, dz, heading): IoU, NMS, VOC-style mAP
     checkpoints  `load_student`: a pretrained student from an Orbax checkpoint
-    models, methods, train, data, configs   networks, pretraining methods, training stages,
-                 data and preparation, config schemas (docs/architecture.md)
+    models, methods, tasks, train, data, configs   networks, pretraining methods,
+                 downstream tasks, training stages, data and preparation, config schemas
+                 (docs/architecture.md)
 
 Legend (one name per idea, used everywhere):
 

@@ -15,6 +15,7 @@ import ml_collections
 import pytest
 
 from experiments.configs import demo as demo_config
+from p2p_jax.configs import detection as detection_schema
 from p2p_jax.configs import finetune as finetune_schema
 from p2p_jax.configs import pretrain as pretrain_schema
 from p2p_jax.configs import teacher as teacher_schema
@@ -28,6 +29,7 @@ SCHEMAS = {
                                pretrain_schema.rules("pointcontrast")),
     "finetune": (finetune_schema.base(), finetune_schema.rules()),
     "teacher": (teacher_schema.base(), teacher_schema.rules()),
+    "detection": (detection_schema.base(), detection_schema.rules()),
 }
 
 
@@ -49,6 +51,8 @@ def _check_for(config):
     return pretrain_schema.check
   if "arch" in config:
     return teacher_schema.check
+  if "boxes" in config:
+    return detection_schema.check
   return finetune_schema.check
 
 

@@ -5,6 +5,8 @@
     export           the scenes of each split of an export, and the tally of skipped files
     scannet_frames   RGB-D frames as a TFDS dataset (array_record, read without TensorFlow)
     scannet_scenes   scene point clouds with ScanNet-20 labels as a TFDS dataset
+    scannet_boxes    scene point clouds with instances and the boxes of the 18 detection
+                     classes (after the scene's axis alignment) as a TFDS dataset
     s3dis            S3DIS rooms with their 13 classes as a TFDS dataset, one split per area
     labels           NYU40 ids and the 20 ScanNet benchmark classes
     frames           what both pretraining pipelines share: frame fields, depth range, colour

@@ -8,5 +8,6 @@
     config       config schema checks
     pretrain     PPKT / PointContrast pretraining (`p2p_jax.methods`)
     finetune     3D semantic segmentation: fine-tuning and linear probing
+    detection    3D object detection: VoteNet on the student, mAP at IoU 0.25 and 0.5
     teacher      the 2D teacher
 """
