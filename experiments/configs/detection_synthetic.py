@@ -27,21 +27,20 @@ def get_config(arg=None):
   c.model.update(num_seeds=512, num_proposals=128)
   c.boxes.max_boxes = 32
   c.batch_size = 8
-  c.total_steps = 600
-  c.optimizer.warmup_steps = 20
+  c.total_steps = 1500
+  c.optimizer.update(learning_rate=3e-3, warmup_steps=50)
   c.eval.batch_size = 4
   c.log_every = 10
   if arg == "runlocal":
     c.data.manual_dir = "/tmp/detection_synthetic_runlocal/rooms"
     c.data.data_dir = "/tmp/detection_synthetic_runlocal/tfds"
-    c.data.synthetic.update(scenes=5, frames_per_scene=1, val_fraction=0.2,
+    c.data.synthetic.update(scenes=6, frames_per_scene=1, val_fraction=0.17,
                             points_per_m2=100.0)
-    c.student = "pointnet2_tiny"
     c.points.num_points = 2048
     c.model.update(num_seeds=256, num_proposals=64, hidden=64)
     c.batch_size = 4
-    c.total_steps = 200
-    c.optimizer.update(learning_rate=3e-3, warmup_steps=0)
+    c.total_steps = 300
+    c.optimizer.update(learning_rate=5e-3, warmup_steps=20)
     c.eval.batch_size = 1
     c.log_every = 1
   elif arg:

@@ -10,7 +10,9 @@ Samples, as VoteNet's ScanNet loader: each scene is centred horizontally on its 
 box, `num_points` points are drawn at random (all of them, padded and masked, when fewer);
 training samples are flipped in x and in y with probability 1/2 each and rotated about z by
 up to `max_rotation` (5 degrees in VoteNet), and each axis-aligned box becomes the
-axis-aligned bound of its rotated corners. The input features are the colours in [0, 1]
+axis-aligned bound of its rotated corners. Oriented boxes (SUN RGB-D's, with
+`model.num_heading_bins` > 1) turn with the points instead: a mirror in x maps heading h to
+pi - h, one in y to -h, and a rotation adds its angle. The input features are the colours in [0, 1]
 (constant grey without colours), as in pretraining and segmentation. A point's vote target
 is the centre of its instance's box (`votenet.vote_targets` with `point_instance_box`).
 
@@ -18,7 +20,12 @@ Evaluation, as VoteNet's on ScanNet: every val scene is sampled once without aug
 proposals with objectness above `conf_threshold` go through per-class 3D NMS (IoU 0.25 on
 the predicted class), and each kept proposal is reported once per class with score
 objectness x that class's probability (`per_class_proposal`). Average precision (VOC 2010+,
-`p2p_jax.boxes`) at IoU 0.25 and 0.5 is computed against every box of the val scenes.
+`p2p_jax.boxes`) at IoU 0.25 and 0.5 is computed against every box of the val scenes, with
+axis-aligned IoU (ScanNet) or the IoU of boxes rotated about z (oriented boxes; their NMS
+compares the boxes' axis-aligned bounds, as VoteNet's).
+
+A SUN RGB-D reader is one dataset module returning scenes in the form `load_split` returns
+(points, colours, instances or none, boxes with headings, classes), with its class names.
 """
 
 import dataclasses
@@ -51,13 +58,14 @@ class SampleConfig:
   max_rotation: float
   scale_range: tuple[float, float]
   colors: bool
+  oriented: bool = False  # boxes with headings (SUN RGB-D); else axis-aligned (ScanNet)
 
 
 def sample_config(config: ml_collections.ConfigDict) -> SampleConfig:
   p = config.points
   return SampleConfig(num_points=p.num_points, max_boxes=config.boxes.max_boxes, flip=p.flip,
                       max_rotation=p.max_rotation, scale_range=tuple(p.scale_range),
-                      colors=p.colors)
+                      colors=p.colors, oriented=config.model.num_heading_bins > 1)
 
 
 def prepare(data: ml_collections.ConfigDict) -> None:
@@ -148,11 +156,17 @@ def sample_scene(scene: dict[str, Any], rng: np.random.Generator, cfg: SampleCon
       if rng.random() < 0.5:
         points[:, axis] = -points[:, axis]
         boxes[:, axis] = -boxes[:, axis]
+        # A mirror turns a heading h into pi - h (x) or -h (y).
+        boxes[:, 6] = (math.pi if axis == 0 else 0.0) - boxes[:, 6]
     angle = rng.uniform(-cfg.max_rotation, cfg.max_rotation)
     c, s = math.cos(angle), math.sin(angle)
     rotation = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], np.float32)
     points = points @ rotation.T
-    boxes = _rotate_aligned_boxes(boxes, rotation)
+    if cfg.oriented:
+      boxes[:, :3] = boxes[:, :3] @ rotation.T
+      boxes[:, 6] += angle
+    else:
+      boxes = _rotate_aligned_boxes(boxes, rotation)
     scale = np.float32(rng.uniform(*cfg.scale_range))
     points = points * scale
     boxes[:, :6] *= scale
@@ -169,6 +183,8 @@ def sample_scene(scene: dict[str, Any], rng: np.random.Generator, cfg: SampleCon
   out["point_mask"][:count] = True
   out["point_instance_box"][:count] = instance_box
   k = len(boxes)
+  if cfg.oriented:  # headings in (-pi, pi]
+    boxes[:, 6] = np.pi - np.mod(np.pi - boxes[:, 6], 2 * np.pi)
   out["gt_boxes"][:k] = boxes
   out["gt_classes"][:k] = scene["box_classes"]
   out["gt_mask"][:k] = True
@@ -233,11 +249,20 @@ def detect(variables: dict, points: jax.Array, colors: jax.Array, point_mask: ja
   k = boxes.shape[1]
   nms = functools.partial(boxes_lib.nms, iou_threshold=nms_iou, max_boxes=k)
   keep_idx, keep_mask = jax.vmap(lambda b, s, v, c: nms(b, s, v, classes=c))(
-      boxes, objectness, valid, classes)
+      aligned_bounds(boxes), objectness, valid, classes)
   keep = jnp.zeros(boxes.shape[:2], bool)
   keep = jax.vmap(lambda kp, i, m: kp.at[i].max(m))(keep, keep_idx, keep_mask)
   return {"boxes": boxes, "objectness": objectness,
           "class_probs": jax.nn.softmax(outputs["sem_logits"], axis=-1), "keep": keep}
+
+
+def aligned_bounds(boxes: jax.Array) -> jax.Array:
+  """The axis-aligned bounds [..., 7] (heading 0) of boxes rotated about z: what VoteNet's
+  3D NMS compares (the extent of each box's corners)."""
+  c, s = jnp.abs(jnp.cos(boxes[..., 6])), jnp.abs(jnp.sin(boxes[..., 6]))
+  dx, dy = boxes[..., 3], boxes[..., 4]
+  return jnp.concatenate([boxes[..., :3], jnp.stack([c * dx + s * dy, s * dx + c * dy], -1),
+                          boxes[..., 5:6], jnp.zeros_like(boxes[..., 6:])], axis=-1)
 
 
 def per_class_predictions(detections: dict[str, np.ndarray],
@@ -259,12 +284,14 @@ def per_class_predictions(detections: dict[str, np.ndarray],
 def evaluate(model: votenet.VoteNet, variables: dict, samples: Sequence[dict[str, np.ndarray]],
              scenes: Sequence[dict[str, Any]], *, batch_size: int, nms_iou: float,
              conf_threshold: float, thresholds: Sequence[float] = (0.25, 0.5),
-             ) -> tuple[dict[str, float], list]:
+             oriented: bool = False) -> tuple[dict[str, float], list]:
   """mAP / AR of `model` on the val scenes (module docstring), and the predictions.
 
   Args:
     samples: `eval_samples(scenes, ...)`, in the order of `scenes`.
     scenes: the val scenes; their boxes are the ground truth (shifted as the samples are).
+    oriented: score with the IoU of boxes rotated about z (SUN RGB-D), else axis-aligned
+      IoU (ScanNet; predicted headings are ignored).
   """
   predictions, ground_truth = [], []
   for start in range(0, len(samples), batch_size):
@@ -278,8 +305,9 @@ def evaluate(model: votenet.VoteNet, variables: dict, samples: Sequence[dict[str
     for s in chunk:
       ground_truth.append((s["gt_boxes"][s["gt_mask"]], s["gt_classes"][s["gt_mask"]]))
   del scenes  # the samples carry every box of their scene
-  scores = boxes_lib.evaluate(predictions, ground_truth, thresholds=tuple(thresholds),
-                              class_names=CLASS_NAMES)
+  scores = boxes_lib.evaluate(
+      predictions, ground_truth, thresholds=tuple(thresholds), class_names=CLASS_NAMES,
+      iou_fn=boxes_lib.iou_oriented if oriented else boxes_lib.iou_aligned_numpy)
   return scores, predictions
 
 

@@ -137,7 +137,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
   scores, _ = detection.evaluate(model, trained, samples, val,
                                  batch_size=config.eval.batch_size,
                                  nms_iou=config.eval.nms_iou,
-                                 conf_threshold=config.eval.conf_threshold)
+                                 conf_threshold=config.eval.conf_threshold,
+                                 oriented=sample.oriented)
   results = {
       **{k: loop.json_float(v) for k, v in scores.items()},
       "student": config.student,
