@@ -9,6 +9,7 @@ lists `scannetv2_train.txt` and `scannetv2_val.txt` (one scene name per line).
 import collections
 import logging
 import os
+from typing import Any
 
 import numpy as np
 
@@ -86,6 +87,40 @@ def split_scenes(manual_dir: str) -> tuple[dict[str, list[str]], list[str]]:
                          "does not exist")
     splits[split] = sorted(scenes)
   return splits, [s for s in present if s not in owner]
+
+
+def note(kind: str, path: str, detail: str, count: int = 1) -> dict[str, Any]:
+  """Something noted (a repair, a defect kept) about a written scene or room, logged at once:
+  `count` items (lines, files, vertices...) of `kind` in the file `path`."""
+  logger.warning("%s: %s", kind, detail)
+  return {"kind": kind, "path": path, "count": count, "detail": detail}
+
+
+class NoteTally:
+  """The notes (`note`) of the written scenes of one split, summed by kind.
+
+  Attributes:
+    dataset: the dataset's name, for the summary.
+    split: the split.
+    what: what the notes are, e.g. "repairs in written rooms".
+    key: the metadata key the builder stores `finish()` under.
+    notes: the notes, appended by the builder.
+  """
+
+  def __init__(self, dataset: str, split: str, what: str, key: str):
+    self.dataset, self.split, self.what, self.key = dataset, split, what, key
+    self.notes = []
+
+  def finish(self) -> dict[str, Any]:
+    """Logs a summary; returns {"counts": {kind: count}, "notes": [...]}."""
+    counts = collections.Counter()
+    for n in self.notes:
+      counts[n["kind"]] += n["count"]
+    if counts:
+      logger.warning("%s, split %s: %s: %s. Every one is listed in the dataset's metadata "
+                     "(builder.info.metadata[%r][%r]['notes']).", self.dataset, self.split,
+                     self.what, dict(counts), self.key, self.split)
+    return {"counts": dict(counts), "notes": self.notes}
 
 
 class SkipTally:

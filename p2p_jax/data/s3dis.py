@@ -16,7 +16,6 @@ line) and counted in the dataset's metadata; the README next to the builder in
 `datasets/s3dis/` gives the policy for each.
 """
 
-import collections
 import io
 import logging
 import os
@@ -85,12 +84,6 @@ class RoomError(Exception):
     self.path = path
 
 
-def _note(kind: str, path: str, detail: str, count: int = 1) -> dict[str, Any]:
-  """A repair of a room, logged at once: `count` lines, files or rooms of `kind`."""
-  logger.warning("%s: %s", kind, detail)
-  return {"kind": kind, "path": path, "count": count, "detail": detail}
-
-
 def _valid(values: np.ndarray) -> np.ndarray:
   """[N] whether each row has finite coordinates and integer colours in 0..255."""
   rgb = values[:, 3:]
@@ -129,12 +122,12 @@ def _parse_lines(path: str, data: bytes) -> tuple[np.ndarray, list[dict[str, Any
                                 f"{texts[i].strip()!r}"))
   notes = []
   if repaired:
-    notes.append(_note(STRAY_CHARACTERS, path, f"repaired {len(repaired)} line(s) with "
+    notes.append(export.note(STRAY_CHARACTERS, path, f"repaired {len(repaired)} line(s) with "
                        f"non-numeric characters: {_quote(path, list(repaired.items()))}",
                        len(repaired)))
   if dropped:
     dropped.sort()
-    notes.append(_note(BAD_LINE, path, f"dropped {len(dropped)} line(s) that are not "
+    notes.append(export.note(BAD_LINE, path, f"dropped {len(dropped)} line(s) that are not "
                        f"`x y z r g b`: {_quote(path, dropped)}", len(dropped)))
   return values[valid], notes
 
@@ -216,7 +209,7 @@ def read_room(room_dir: str) -> tuple[dict[str, np.ndarray], list[dict[str, Any]
     if name.endswith(".txt") and os.path.isfile(path):
       names.append(name)
     else:
-      notes.append(_note(IGNORED_FILE, path, f"{path}: not an annotation file (*.txt)"))
+      notes.append(export.note(IGNORED_FILE, path, f"{path}: not an annotation file (*.txt)"))
   if not names:
     raise RoomError(NO_ANNOTATIONS, folder, "no <class>_<i>.txt files")
   parts = []  # (values, class id)
@@ -227,12 +220,12 @@ def read_room(room_dir: str) -> tuple[dict[str, np.ndarray], list[dict[str, Any]
     if name_class not in CLASSES:
       why = f"class {match[1]!r} is not one of {CLASSES}" if match else (
           "not named <class>_<i>.txt")
-      notes.append(_note(UNKNOWN_CLASS, path, f"{path}: {why}; its points are left out"))
+      notes.append(export.note(UNKNOWN_CLASS, path, f"{path}: {why}; its points are left out"))
       continue
     points, colors, file_notes = read_points(path)
     notes.extend(file_notes)
     if not len(points):
-      notes.append(_note(EMPTY_ANNOTATION, path, f"{path}: no points"))
+      notes.append(export.note(EMPTY_ANNOTATION, path, f"{path}: no points"))
       continue
     parts.append((points, colors, CLASSES.index(name_class)))
   if not parts:
@@ -241,12 +234,12 @@ def read_room(room_dir: str) -> tuple[dict[str, np.ndarray], list[dict[str, Any]
   total = sum(sizes)
   room_file = os.path.join(room_dir, room + ".txt")
   if not os.path.isfile(room_file):
-    notes.append(_note(NO_ROOM_FILE, room_file, f"{room_file}: missing; the annotations "
+    notes.append(export.note(NO_ROOM_FILE, room_file, f"{room_file}: missing; the annotations "
                        f"give {total} points"))
   else:
     listed = _count_lines(room_file)
     if listed != total:
-      notes.append(_note(COUNT_MISMATCH, room_file, f"{room_file}: room file has {listed} "
+      notes.append(export.note(COUNT_MISMATCH, room_file, f"{room_file}: room file has {listed} "
                          f"points, annotations {total}; using the annotations"))
   return {
       "points": np.concatenate([p for p, _, _ in parts]),
@@ -299,26 +292,6 @@ def split_name(area: int) -> str:
   return f"area_{area}"
 
 
-class _RepairTally:
-  """The repairs of the written rooms of one split, summed by kind."""
-
-  def __init__(self, dataset: str, split: str):
-    self.dataset = dataset
-    self.split = split
-    self.notes = []
-
-  def finish(self) -> dict[str, Any]:
-    """Logs a summary; returns {"counts": {kind: lines, files or rooms}, "notes": [...]}."""
-    counts = collections.Counter()
-    for note in self.notes:
-      counts[note["kind"]] += note["count"]
-    if counts:
-      logger.warning("%s, split %s: repairs in written rooms: %s. Every one is listed in the "
-                     "dataset's metadata (builder.info.metadata['repairs'][%r]['notes']).",
-                     self.dataset, self.split, dict(counts), self.split)
-    return {"counts": dict(counts), "notes": self.notes}
-
-
 class S3dis(tfds.core.GeneratorBasedBuilder):
   """S3DIS rooms: points, colours, 13-class labels and instances, one split per area."""
 
@@ -364,7 +337,8 @@ class S3dis(tfds.core.GeneratorBasedBuilder):
                          rooms: list[str]) -> Iterator[tuple[str, dict]]:
     """Yields (scene, example) in room order; skips rooms without annotated points."""
     tally = export.SkipTally(self.info.full_name, split, "rooms")
-    repairs = _RepairTally(self.info.full_name, split)
+    repairs = export.NoteTally(self.info.full_name, split, "repairs in written rooms",
+                                 "repairs")
     tally.listed = len(rooms)
     for room in rooms:
       try:

@@ -65,12 +65,6 @@ class SceneError(Exception):
     self.path = path
 
 
-def _note(kind: str, path: str, detail: str, count: int = 1) -> dict[str, Any]:
-  """Something noted about a kept scene, logged at once: `count` items of `kind`."""
-  logger.warning("%s: %s", kind, detail)
-  return {"kind": kind, "path": path, "count": count, "detail": detail}
-
-
 def nyu40_to_detection(nyu40: np.ndarray) -> np.ndarray:
   """Maps NYU40 ids to box classes 0..17; other classes and ids outside 0..40 -> -1."""
   nyu40 = np.asarray(nyu40)
@@ -108,12 +102,12 @@ def vertex_instances(seg_indices: np.ndarray, groups: Sequence[scannet.SegGroup]
       else:
         owner[pos] = instance
     if unknown:
-      notes.append(_note(UNKNOWN_SEGMENT, path, f"{path}: objectId {group.object_id} "
+      notes.append(export.note(UNKNOWN_SEGMENT, path, f"{path}: objectId {group.object_id} "
                          f"({group.label!r}) names segment(s) {unknown[:5]}"
                          f"{' ...' if len(unknown) > 5 else ''} that no vertex of the segs "
                          "file has; ignored", len(unknown)))
     if claimed:
-      notes.append(_note(VERTEX_CLAIMED_TWICE, path, f"{path}: objectId {group.object_id} "
+      notes.append(export.note(VERTEX_CLAIMED_TWICE, path, f"{path}: objectId {group.object_id} "
                          f"({group.label!r}) claims {vertices} vertices already claimed "
                          f"({', '.join(claimed[:5])}{' ...' if len(claimed) > 5 else ''}); "
                          "they keep the first claim", vertices))
@@ -204,7 +198,7 @@ def read_scene(scene_dir: str, scene: str,
   if alignment is None:
     why = "no such file" if not os.path.isfile(paths["meta"]) else (
         f"no '{scannet.AXIS_ALIGNMENT_KEY}' line")
-    notes.append(_note(NO_AXIS_ALIGNMENT, paths["meta"], f"{paths['meta']}: {why}; the scene "
+    notes.append(export.note(NO_AXIS_ALIGNMENT, paths["meta"], f"{paths['meta']}: {why}; the scene "
                        "is kept in the mesh's own frame"))
     alignment = np.eye(4)
   else:
@@ -218,10 +212,10 @@ def read_scene(scene_dir: str, scene: str,
     instance = group.object_id + 1
     where = f"{paths['aggregation']}: objectId {group.object_id} ({group.label!r})"
     if not sizes[instance]:
-      notes.append(_note(EMPTY_INSTANCE, paths["aggregation"], f"{where} has no vertices"))
+      notes.append(export.note(EMPTY_INSTANCE, paths["aggregation"], f"{where} has no vertices"))
     nyu40 = category_map.get(group.label)
     if nyu40 is None:
-      notes.append(_note(UNKNOWN_CATEGORY, paths["aggregation"], f"{where}: the label is no "
+      notes.append(export.note(UNKNOWN_CATEGORY, paths["aggregation"], f"{where}: the label is no "
                          f"raw_category of {scannet.LABEL_MAP_FILE}; the instance gets no box"))
     elif nyu40_to_detection(nyu40) >= 0:
       classes[instance] = int(nyu40_to_detection(nyu40))
@@ -237,26 +231,6 @@ def read_scene(scene_dir: str, scene: str,
       "axis_alignment": alignment.astype(np.float32),
       "scene": scene,
   }, notes
-
-
-class _NoteTally:
-  """The notes of the written scenes of one split, summed by kind."""
-
-  def __init__(self, dataset: str, split: str):
-    self.dataset = dataset
-    self.split = split
-    self.notes = []
-
-  def finish(self) -> dict[str, Any]:
-    """Logs a summary; returns {"counts": {kind: count}, "notes": [...]}."""
-    counts = collections.Counter()
-    for note in self.notes:
-      counts[note["kind"]] += note["count"]
-    if counts:
-      logger.warning("%s, split %s: notes on written scenes: %s. Every one is listed in the "
-                     "dataset's metadata (builder.info.metadata['notes'][%r]['notes']).",
-                     self.dataset, self.split, dict(counts), self.split)
-    return {"counts": dict(counts), "notes": self.notes}
 
 
 class ScannetBoxes(tfds.core.GeneratorBasedBuilder):
@@ -313,7 +287,7 @@ class ScannetBoxes(tfds.core.GeneratorBasedBuilder):
                          category_map: dict[str, int]) -> Iterator[tuple[str, dict]]:
     """Yields (scene, example) in scene order; skips scenes that cannot be read."""
     tally = export.SkipTally(self.info.full_name, split, "scenes")
-    notes = _NoteTally(self.info.full_name, split)
+    notes = export.NoteTally(self.info.full_name, split, "notes on written scenes", "notes")
     tally.listed = len(scenes)
     for scene in scenes:
       try:
