@@ -172,14 +172,18 @@ def test_a_users_export_without_generator_settings_is_used_and_never_deleted(tmp
   assert out in caplog.text and "never deleted" in caplog.text
 
 
-def test_a_complete_dataset_of_other_settings_is_an_error_not_silently_used(tmp_path):
+def test_a_complete_dataset_of_other_settings_is_used_with_the_difference_named(tmp_path,
+                                                                               caplog):
+  """Stages share one folder of rooms: a finished generation is never regenerated or
+  deleted under another stage's settings, and the difference is logged."""
   out = str(tmp_path / "out")
   assert synthetic.generate_if_asked(out, SMALL)
   before = digest(out)
   assert not synthetic.generate_if_asked(out, {**SMALL, "workers": 2})  # same files
-  with pytest.raises(ValueError, match=f"{out}.*frames_per_scene"):
-    synthetic.generate_if_asked(out, {**SMALL, "frames_per_scene": 3})
+  assert "asks for" not in caplog.text
+  assert not synthetic.generate_if_asked(out, {**SMALL, "frames_per_scene": 3})
   assert digest(out) == before
+  assert out in caplog.text and "frames_per_scene=3" in caplog.text
 
 
 S3DIS = dict(scenes=4, areas=2, seed=4, points_per_m2=150.0)

@@ -223,9 +223,9 @@ def generate_if_asked(out_dir: str, settings: Any) -> bool:
   Returns:
     Whether it generated.
 
-  Raises:
-    ValueError: if `out_dir` holds a complete generation with other settings (a rebuild would
-      leave the datasets built from it stale, so it is not done silently).
+  A complete generation with other settings is used as it is, with a warning naming the
+  differences: stages share one folder of rooms, and a rebuild would leave the datasets built
+  from it stale.
   """
   s = dict(settings.to_dict() if hasattr(settings, "to_dict") else settings)
   scenes = s.pop("scenes", 0)
@@ -245,9 +245,12 @@ def generate_if_asked(out_dir: str, settings: Any) -> bool:
     differ = sorted(k for k in wanted if had.get(k) != wanted[k])
     if differ:
       show = lambda values: ", ".join(f"{k}={values.get(k)!r}" for k in differ)
-      raise ValueError(f"{out_dir} holds synthetic rooms generated with {show(had)}, but this "
-                       f"config asks for {show(wanted)}; delete {out_dir} and the datasets "
-                       "built from it, or point data.manual_dir elsewhere")
+      # Several stages share one folder of rooms (a teacher's world, then pretraining and
+      # fine-tuning on it), so the rooms there are used, and the difference is named.
+      logger.warning("%s holds synthetic rooms generated with %s; this config asks for %s: "
+                     "the rooms there are used as they are (delete %s and the datasets built "
+                     "from it to generate them again)", out_dir, show(had), show(wanted),
+                     out_dir)
     return False
   generate(out_dir, num_scenes=scenes, progress=True, **s)
   return True
