@@ -39,7 +39,7 @@ def get_config(arg=None):
     c.points.num_points = 2048
     c.model.update(num_seeds=256, num_proposals=64, hidden=64)
     c.batch_size = 4
-    c.total_steps = 300
+    c.total_steps = 150
     c.optimizer.update(learning_rate=5e-3, warmup_steps=20)
     c.eval.batch_size = 1
     c.log_every = 1
