@@ -6,10 +6,8 @@ before a known rigid transform. Each defect of the instance annotation or the ax
 is written into a scene of its own and must be counted under its reason.
 """
 
-import contextlib
 import glob
 import json
-import logging
 import os
 import re
 import shutil
@@ -17,6 +15,7 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from test_scannet_builders import captured_log
 
 from datasets.scannet_boxes import build as boxes_cli
 from p2p_jax.data import labels, scannet
@@ -30,23 +29,6 @@ DETECTION_NYU40 = [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 24, 28, 33, 34, 36, 
 # Surface samples at 1000 per m^2 come within 2 cm of every extreme of the generated objects
 # (thin curtains at 300 per m^2 miss theirs by 14 cm).
 SAMPLING_TOLERANCE = 0.05
-
-
-@contextlib.contextmanager
-def captured_log():
-  """Collects the text of every log record of the data modules."""
-  lines = []
-  handler = logging.Handler(logging.INFO)
-  handler.emit = lambda record: lines.append(record.getMessage())
-  logger = logging.getLogger("p2p_jax.data")
-  logger.addHandler(handler)
-  level = logger.level
-  logger.setLevel(logging.INFO)
-  try:
-    yield lines
-  finally:
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 def examples(source) -> dict[str, dict]:
