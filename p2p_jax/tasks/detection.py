@@ -282,14 +282,14 @@ def per_class_predictions(detections: dict[str, np.ndarray],
 
 
 def evaluate(model: votenet.VoteNet, variables: dict, samples: Sequence[dict[str, np.ndarray]],
-             scenes: Sequence[dict[str, Any]], *, batch_size: int, nms_iou: float,
+             *, batch_size: int, nms_iou: float,
              conf_threshold: float, thresholds: Sequence[float] = (0.25, 0.5),
              oriented: bool = False) -> tuple[dict[str, float], list]:
   """mAP / AR of `model` on the val scenes (module docstring), and the predictions.
 
   Args:
-    samples: `eval_samples(scenes, ...)`, in the order of `scenes`.
-    scenes: the val scenes; their boxes are the ground truth (shifted as the samples are).
+    samples: `eval_samples(val scenes, ...)`; each carries every box of its scene, the
+      ground truth (shifted as its points are).
     oriented: score with the IoU of boxes rotated about z (SUN RGB-D), else axis-aligned
       IoU (ScanNet; predicted headings are ignored).
   """
@@ -304,7 +304,6 @@ def evaluate(model: votenet.VoteNet, variables: dict, samples: Sequence[dict[str
     predictions += per_class_predictions(detections)[:len(chunk)]
     for s in chunk:
       ground_truth.append((s["gt_boxes"][s["gt_mask"]], s["gt_classes"][s["gt_mask"]]))
-  del scenes  # the samples carry every box of their scene
   scores = boxes_lib.evaluate(
       predictions, ground_truth, thresholds=tuple(thresholds), class_names=CLASS_NAMES,
       iou_fn=boxes_lib.iou_oriented if oriented else boxes_lib.iou_aligned_numpy)

@@ -134,7 +134,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
   eval_start = time.perf_counter()
   trained = {"params": result.state.params, "batch_stats": result.state.batch_stats}
   samples = detection.eval_samples(val, sample, seed=config.seed)
-  scores, _ = detection.evaluate(model, trained, samples, val,
+  scores, _ = detection.evaluate(model, trained, samples,
                                  batch_size=config.eval.batch_size,
                                  nms_iou=config.eval.nms_iou,
                                  conf_threshold=config.eval.conf_threshold,
