@@ -11,6 +11,8 @@ marks real points among the padding, which must never influence a real point's o
 switches BatchNorm to batch statistics. The heads map the backbone's features pointwise.
 """
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -68,3 +70,16 @@ class PointModel(nn.Module):
       point_mask = jnp.ones(jnp.shape(points)[:2], bool)
     feats, aux = self.backbone(points, features, point_mask, train=train)
     return self.head(feats, point_mask, train=train), {**aux, "features": feats}
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def init_variables(model: nn.Module, key: jax.Array, num_points: int) -> dict:
+  """Random {"params", "batch_stats"} of a point network called as `model(points, features,
+  point_mask, train=...)` (a `PointModel`, VoteNet), for clouds of `num_points` points.
+
+  Compiled once per (model, num_points): a study that builds the same model for each of its
+  runs initialises it without compiling again.
+  """
+  points = jnp.zeros((1, num_points, 3))
+  return model.init(key, points, jnp.zeros((1, num_points, 3)), jnp.ones((1, num_points), bool),
+                    train=False)

@@ -43,6 +43,7 @@ from p2p_jax import boxes as boxes_lib
 from p2p_jax import models
 from p2p_jax.data import prepare as prepare_lib
 from p2p_jax.data import scannet_boxes
+from p2p_jax.models import student as student_lib
 from p2p_jax.models import votenet
 
 DATASETS = ("scannet",)  # scannet_boxes: ScanNet, or the synthetic rooms in its layout
@@ -218,9 +219,7 @@ def make_model(student: str, spec: votenet.DetectionSpec, model: ml_collections.
 
 def init_variables(model: votenet.VoteNet, key: jax.Array, num_points: int) -> dict:
   """Random {"params", "batch_stats"} of `model` for samples of `num_points` points."""
-  points = jnp.zeros((1, num_points, 3))
-  return jax.jit(functools.partial(model.init, train=False))(
-      key, points, jnp.zeros((1, num_points, 3)), jnp.ones((1, num_points), bool))
+  return student_lib.init_variables(model, key, num_points)
 
 
 def targets(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:

@@ -339,9 +339,7 @@ def make_model(student: str, mode: str, *, num_classes: int = labels_lib.NUM_CLA
 
 def init_variables(model: student_lib.PointModel, key: jax.Array, num_points: int) -> dict:
   """Random {"params", "batch_stats"} of `model` for crops of `num_points` points."""
-  points = jnp.zeros((1, num_points, 3))
-  return jax.jit(functools.partial(model.init, train=False))(
-      key, points, jnp.zeros((1, num_points, 3)), jnp.ones((1, num_points), bool))
+  return student_lib.init_variables(model, key, num_points)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, where: jax.Array | None = None,
