@@ -276,7 +276,8 @@ def test_votenet_takes_a_pretrained_student_backbone_with_fresh_heads(tmp_path, 
   sample = detection.sample_scene(make_scene(), np.random.default_rng(0),
                                   cfg(num_points=512), augment=True)
   batch = {k: v[None] for k, v in sample.items()}
-  outputs, _ = model.apply(loaded, batch["points"], batch["colors"], batch["point_mask"])
-  total, terms = votenet.loss(outputs, detection.targets(batch), spec)
+  outputs, _ = jax.jit(model.apply)(loaded, batch["points"], batch["colors"],
+                                    batch["point_mask"])
+  total, terms = jax.jit(votenet.loss, static_argnums=2)(outputs, detection.targets(batch), spec)
   assert np.isfinite(float(total)), terms
   assert np.isfinite(np.asarray(outputs["center"])).all()
