@@ -40,6 +40,10 @@ def main(argv):
         f"{results['mAP@0.5']:.3f}, mAR@0.25 {results['mAR@0.25']:.3f} over "
         f"{results['num_val_boxes']} boxes of {results['num_val_scenes']} val scenes; loss "
         f"{results['train_loss'][0]:.3f} -> {results['train_loss'][-1]:.3f}")
+  chance = results["random_proposals"]
+  print(f"Random proposals ({chance['per_scene']} per scene, mean of {chance['draws']} draws): "
+        f"mAP@0.25 {chance['mAP@0.25']:.4f}, mAP@0.5 {chance['mAP@0.5']:.4f}, mAR@0.25 "
+        f"{chance['mAR@0.25']:.3f}")
 
 
 if __name__ == "__main__":

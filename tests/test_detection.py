@@ -150,9 +150,10 @@ def test_configs_pass_their_checks(module, arg):
   schema.check(module.get_config(arg))
 
 
-def test_runlocal_detection_trains_and_evaluates_every_val_box(tmp_path):
+def test_runlocal_detection_learns_and_beats_random_proposals(tmp_path):
   """The script on its `runlocal` config, from a pretraining checkpoint of its student: the
-  loss falls, every val box is evaluated, and the scores are in [0, 1]."""
+  loss falls, every val box is evaluated, the scores are in [0, 1], and the mAP on the
+  held-out rooms beats every draw of random proposals."""
   import jax
   import test_checkpoints
 
@@ -184,6 +185,11 @@ def test_runlocal_detection_trains_and_evaluates_every_val_box(tmp_path):
   assert results["num_val_boxes"] == sum(len(s["boxes"]) for s in val) > 0
   for key in ("mAP@0.25", "mAP@0.5", "mAR@0.25", "mAR@0.5"):
     assert 0.0 <= results[key] <= 1.0, (key, results[key])
+  chance = results["random_proposals"]
+  assert chance["per_scene"] == config.model.num_proposals * len(detection.CLASS_NAMES)
+  assert len(chance["mAP@0.25/draws"]) == chance["draws"] >= 10
+  assert results["mAP@0.25"] > max(chance["mAP@0.25/draws"]), (results["mAP@0.25"], chance)
+  assert "Random proposals (4608 per scene" in done.stdout
   labelled = json.load(open(workdir / "label_lists.json"))
   assert labelled["scenes"] == results["labelled_scenes"]
 

@@ -11,7 +11,9 @@ The student is the demo's (`pointnet2_small`, geometry only: its pretraining saw
 so a PPKT checkpoint of `make demo` loads into it; `manual_dir` is the demo's world (72
 training rooms with 5-20 boxes each, 12 val rooms). VoteNet at CPU size: 8192 points per room,
 512 seeds, 128 proposals, batch 8. docs/demo/detection_study.md records a measured run
-(scratch against PPKT at 10% of the training rooms).
+(scratch against PPKT at 10% of the training rooms). `runlocal` generates 24 small rooms and
+trains 600 steps of 4096 points (about 1.5 minutes); its mAP@0.25 on its 6 val rooms is well
+above that of random proposals (`results.json`'s "random_proposals").
 Hardware: a 2-core CPU.
 """
 
@@ -34,12 +36,15 @@ def get_config(arg=None):
   if arg == "runlocal":
     c.data.manual_dir = "/tmp/detection_synthetic_runlocal/rooms"
     c.data.data_dir = "/tmp/detection_synthetic_runlocal/tfds"
-    c.data.synthetic.update(scenes=6, frames_per_scene=1, val_fraction=0.17,
+    # 18 training and 6 val rooms (a few seconds to generate). Fewer points per room leave
+    # the backbone's 0.2 m balls nearly empty, and fewer steps leave the votes scattered: then
+    # the run no longer beats random proposals on the val rooms.
+    c.data.synthetic.update(scenes=24, frames_per_scene=1, val_fraction=0.25,
                             points_per_m2=100.0)
-    c.points.num_points = 2048
-    c.model.update(num_seeds=256, num_proposals=64, hidden=64)
+    c.points.num_points = 4096
+    c.model.update(num_seeds=512, num_proposals=256, hidden=64)
     c.batch_size = 4
-    c.total_steps = 150
+    c.total_steps = 600
     c.optimizer.update(learning_rate=5e-3, warmup_steps=20)
     c.eval.batch_size = 1
     c.log_every = 1

@@ -324,3 +324,33 @@ def random_predictions(samples: Sequence[dict[str, np.ndarray]], per_scene: int,
     out.append((boxes, rng.integers(len(CLASS_NAMES), size=per_scene),
                 rng.random(per_scene)))
   return out
+
+
+def chance_level(samples: Sequence[dict[str, np.ndarray]], per_scene: int, *, draws: int = 10,
+                 thresholds: Sequence[float] = (0.25, 0.5),
+                 oriented: bool = False) -> dict[str, Any]:
+  """The scores of random proposals (`random_predictions`) on the samples a model is
+  evaluated on: what a model must beat to have learned anything.
+
+  Args:
+    samples: `eval_samples(...)`, as given to `evaluate`.
+    per_scene: proposals per scene; the model's (num_proposals x classes, as
+      `per_class_predictions` reports each kept proposal once per class) is the fair count.
+    draws: independent draws (seeds 0..draws-1).
+
+  Returns:
+    "mAP@<t>" and "mAR@<t>": the mean over the draws; "mAP@<t>/draws": each draw's;
+    "draws" and "per_scene".
+  """
+  ground_truth = [(s["gt_boxes"][s["gt_mask"]], s["gt_classes"][s["gt_mask"]]) for s in samples]
+  iou_fn = boxes_lib.iou_oriented if oriented else boxes_lib.iou_aligned_numpy
+  runs = [boxes_lib.evaluate(random_predictions(samples, per_scene, seed=d), ground_truth,
+                             thresholds=tuple(thresholds), class_names=CLASS_NAMES,
+                             iou_fn=iou_fn) for d in range(draws)]
+  out: dict[str, Any] = {"draws": draws, "per_scene": per_scene}
+  for t in thresholds:
+    for metric in ("mAP", "mAR"):
+      key = f"{metric}@{t:g}"
+      out[key] = float(np.mean([r[key] for r in runs]))
+    out[f"mAP@{t:g}/draws"] = [float(r[f"mAP@{t:g}"]) for r in runs]
+  return out

@@ -73,7 +73,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
 
   Returns:
     The results (also in `workdir/results.json`): "mAP@0.25", "mAP@0.5", "mAR@0.25",
-    "mAR@0.5" and per-class "AP@.../<class>" (`p2p_jax.boxes.evaluate`), the run's settings,
+    "mAR@0.5" and per-class "AP@.../<class>" (`p2p_jax.boxes.evaluate`), the chance level
+    "random_proposals" (`detection.chance_level`: as many random boxes as the model
+    reports, scored the same way), the run's settings,
     the labelled scenes, "train_loss" (every `log_every`-th step), and "seconds".
 
   Raises:
@@ -139,8 +141,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
                                  nms_iou=config.eval.nms_iou,
                                  conf_threshold=config.eval.conf_threshold,
                                  oriented=sample.oriented)
+  chance = detection.chance_level(samples, config.model.num_proposals * spec.num_classes,
+                                  oriented=sample.oriented)
   results = {
       **{k: loop.json_float(v) for k, v in scores.items()},
+      "random_proposals": chance,
       "student": config.student,
       "init": config.init.checkpoint or "scratch",
       "init_step": init_step,
