@@ -122,6 +122,43 @@ def test_generation_killed_at_random_points_restarts_into_the_uninterrupted_data
       kill_group(proc)
 
 
+def children(pid):
+  """The pids whose parent is `pid` (from /proc)."""
+  out = []
+  for entry in os.listdir("/proc"):
+    try:
+      with open(f"/proc/{entry}/stat") as f:
+        if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+          out.append(int(entry))
+    except (OSError, ValueError, IndexError):
+      continue
+  return out
+
+
+def test_a_worker_killed_mid_scene_stops_the_generation_with_an_error_not_a_hang(tmp_path):
+  """A worker SIGKILLed while rendering (the OOM killer, a crash in a native library): the
+  generation ends with an error naming the output and the lost worker, within seconds, and
+  leaves the marker incomplete (a restart redoes it). A process pool that only replaces the
+  worker would wait forever for its scene."""
+  out = str(tmp_path / "rooms")
+  proc = subprocess.Popen([sys.executable, "-c", GENERATE, out, json.dumps(ROOMS)], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True)
+  try:
+    wait_for(os.path.join(out, "scans", "*", "color", "*.jpg"), proc)
+    workers = [pid for pid in children(proc.pid)
+               if "spawn_main" in open(f"/proc/{pid}/cmdline").read()]
+    assert len(workers) == ROOMS["workers"], workers
+    os.kill(workers[0], signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=60)
+  finally:
+    kill_group(proc)
+  assert proc.returncode not in (0, None)
+  assert "worker" in stderr and out in stderr, stderr[-3000:]
+  marker = json.load(open(os.path.join(out, synthetic.MARKER)))
+  assert marker["complete"] is False
+
+
 def interrupt_after(monkeypatch, module, name, calls):
   """Makes `module.name` raise KeyboardInterrupt on its `calls`-th call (an in-process kill)."""
   original, count = getattr(module, name), [0]

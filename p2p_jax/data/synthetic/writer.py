@@ -32,6 +32,7 @@ gives byte-identical files, and scene i is the same whatever the number of scene
 """
 
 import argparse
+import concurrent.futures as futures
 import ctypes
 import dataclasses
 import inspect
@@ -44,6 +45,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import numpy as np
@@ -338,10 +340,19 @@ def generate(out_dir: str, *, num_scenes: int, frames_per_scene: int, height: in
         _generate_scene(task, lambda: bar.update(1))
     else:
       # Spawned, not forked: the parent may hold threads (JAX) that a fork would copy broken.
-      with multiprocessing.get_context("spawn").Pool(workers, _die_with_parent,
-                                                     (os.getpid(),)) as pool:
-        for frames in pool.imap_unordered(_generate_scene, tasks):
-          bar.update(frames)
+      # A worker that dies (killed, crashed) breaks the pool, which raises here; a
+      # multiprocessing.Pool would start a new worker and wait for the lost scene forever.
+      pool = futures.ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"),
+                                         _die_with_parent, (os.getpid(),))
+      try:
+        for done in futures.as_completed([pool.submit(_generate_scene, t) for t in tasks]):
+          bar.update(done.result())
+      except BrokenProcessPool as e:
+        raise RuntimeError(
+            f"{out_dir}: a generator worker died (killed or crashed) before finishing its "
+            f"scene; the marker {MARKER} stays incomplete, so the next run starts over") from e
+      finally:  # on an error or an interrupt, no scene that has not started starts
+        pool.shutdown(wait=True, cancel_futures=True)
   scannet.write_label_map(os.path.join(out_dir, scannet.LABEL_MAP_FILE), LABEL_MAP)
   for split, scenes in splits.items():
     path = os.path.join(out_dir, f"scannetv2_{split}.txt")
