@@ -280,6 +280,11 @@ def per_class_predictions(detections: dict[str, np.ndarray],
   return out
 
 
+def ground_truth(samples: Sequence[dict[str, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+  """Each sample's valid boxes and classes: what `p2p_jax.boxes.evaluate` scores against."""
+  return [(s["gt_boxes"][s["gt_mask"]], s["gt_classes"][s["gt_mask"]]) for s in samples]
+
+
 def evaluate(model: votenet.VoteNet, variables: dict, samples: Sequence[dict[str, np.ndarray]],
              *, batch_size: int, nms_iou: float,
              conf_threshold: float, thresholds: Sequence[float] = (0.25, 0.5),
@@ -292,7 +297,7 @@ def evaluate(model: votenet.VoteNet, variables: dict, samples: Sequence[dict[str
     oriented: score with the IoU of boxes rotated about z (SUN RGB-D), else axis-aligned
       IoU (ScanNet; predicted headings are ignored).
   """
-  predictions, ground_truth = [], []
+  predictions = []
   for start in range(0, len(samples), batch_size):
     chunk = list(samples[start:start + batch_size])
     pad = batch_size - len(chunk)  # one shape: one compilation
@@ -301,10 +306,8 @@ def evaluate(model: votenet.VoteNet, variables: dict, samples: Sequence[dict[str
                                        batch["point_mask"], model=model, nms_iou=nms_iou,
                                        conf_threshold=conf_threshold))
     predictions += per_class_predictions(detections)[:len(chunk)]
-    for s in chunk:
-      ground_truth.append((s["gt_boxes"][s["gt_mask"]], s["gt_classes"][s["gt_mask"]]))
   scores = boxes_lib.evaluate(
-      predictions, ground_truth, thresholds=tuple(thresholds), class_names=CLASS_NAMES,
+      predictions, ground_truth(samples), thresholds=tuple(thresholds), class_names=CLASS_NAMES,
       iou_fn=boxes_lib.iou_oriented if oriented else boxes_lib.iou_aligned_numpy)
   return scores, predictions
 
@@ -342,9 +345,9 @@ def chance_level(samples: Sequence[dict[str, np.ndarray]], per_scene: int, *, dr
     "mAP@<t>" and "mAR@<t>": the mean over the draws; "mAP@<t>/draws": each draw's;
     "draws" and "per_scene".
   """
-  ground_truth = [(s["gt_boxes"][s["gt_mask"]], s["gt_classes"][s["gt_mask"]]) for s in samples]
   iou_fn = boxes_lib.iou_oriented if oriented else boxes_lib.iou_aligned_numpy
-  runs = [boxes_lib.evaluate(random_predictions(samples, per_scene, seed=d), ground_truth,
+  truth = ground_truth(samples)
+  runs = [boxes_lib.evaluate(random_predictions(samples, per_scene, seed=d), truth,
                              thresholds=tuple(thresholds), class_names=CLASS_NAMES,
                              iou_fn=iou_fn) for d in range(draws)]
   out: dict[str, Any] = {"draws": draws, "per_scene": per_scene}
