@@ -217,9 +217,8 @@ def make_model(student: str, spec: votenet.DetectionSpec, model: ml_collections.
                          hidden=model.hidden)
 
 
-def init_variables(model: votenet.VoteNet, key: jax.Array, num_points: int) -> dict:
-  """Random {"params", "batch_stats"} of `model` for samples of `num_points` points."""
-  return student_lib.init_variables(model, key, num_points)
+# Random {"params", "batch_stats"} of a model for `num_points` points, compiled once per model.
+init_variables = student_lib.init_variables
 
 
 def targets(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:

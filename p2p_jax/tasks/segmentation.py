@@ -337,9 +337,8 @@ def make_model(student: str, mode: str, *, num_classes: int = labels_lib.NUM_CLA
   return student_lib.PointModel(models.backbone(student, **backbone_kwargs), head)
 
 
-def init_variables(model: student_lib.PointModel, key: jax.Array, num_points: int) -> dict:
-  """Random {"params", "batch_stats"} of `model` for crops of `num_points` points."""
-  return student_lib.init_variables(model, key, num_points)
+# Random {"params", "batch_stats"} of a model for `num_points` points, compiled once per model.
+init_variables = student_lib.init_variables
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, where: jax.Array | None = None,
